@@ -1,0 +1,125 @@
+"""The FastAPI app factory: one app, five seed dialects, one set of services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, APIWebSocketRoute
+
+from stockade.api import errors
+from stockade.api.deps import identify, require_principal
+from stockade.api.middleware import RequestContext
+from stockade.api.ratelimit import RateLimiter
+from stockade.api.routes import api_keys, auth, events, health
+from stockade.services import Services
+from stockade.settings import Settings
+from stockade.version import __version__
+
+DESCRIPTION = """\
+Stockade runs AI agents and the commands they choose inside disposable sandboxes, and
+stops every risky action until a person approves it. One daemon serves the APIs of
+LuminaGuard, Luna, OmniMind, SentinelStacks and AgentBox.
+
+**Authentication.** Every route except `/`, `/health`, `/api/v1/health`, `/docs` and
+`/openapi.json` needs one of: `Authorization: Bearer <jwt>` (from `POST /api/v1/auth/login`),
+`Authorization: Bearer stk_…` (an API key), or HTTP Basic with a username and password.
+WebSockets also accept the browser form: the subprotocol pair
+`['Authorization', 'Bearer <token>']`; the server answers with the `Authorization`
+subprotocol.
+
+**Errors** are `application/problem+json` (RFC 7807) with `error`, `message` and `code`
+added. **Rate limits** are reported on every response in `X-RateLimit-Limit`,
+`X-RateLimit-Remaining` and `X-RateLimit-Reset`; a 429 adds `Retry-After`.
+
+**WebSocket `/api/v1/events/ws`** sends one JSON event per text message:
+`{id, type, timestamp, data}`. The same events stream as SSE from `GET /api/v1/events`.
+"""
+
+EXPOSED_HEADERS = [
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+]
+
+
+def create_app(settings: Settings | None = None, *, services: Services | None = None) -> FastAPI:
+    """Build the daemon's app. Nothing is opened until the app's lifespan starts."""
+    settings = settings or Settings()
+    services = services or Services.build(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="Stockade",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        dependencies=[Depends(identify)],
+    )
+    app.state.settings = settings
+    app.state.services = services
+    app.state.limiter = limiter = RateLimiter(settings)
+
+    errors.install(app)
+    for module in (health, auth, api_keys, events):
+        app.include_router(module.router)
+
+    app.add_middleware(
+        RequestContext,
+        metrics=services.metrics,
+        limiter=limiter,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+        )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _needs_auth(dependant: Dependant) -> bool:
+    return any(
+        d.call is require_principal or _needs_auth(d) for d in dependant.dependencies
+    )
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with the security each route really enforces."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or stk_ key"},
+        "basicAuth": {"type": "http", "scheme": "basic"},
+    }
+    for route in app.routes:
+        if isinstance(route, APIWebSocketRoute) or not isinstance(route, APIRoute):
+            continue
+        security = [{"bearerAuth": []}, {"basicAuth": []}] if _needs_auth(route.dependant) else []
+        for method in route.methods:
+            operation = schema["paths"].get(route.path_format, {}).get(method.lower())
+            if operation is not None:
+                operation["security"] = security
+    app.openapi_schema = schema
+    return schema

@@ -1,0 +1,91 @@
+"""Dependencies every route uses: who is asking, and the services to ask.
+
+``identify`` runs first on every route (it is an app-wide dependency): it resolves the
+credentials, if any, and charges the rate limit. Routes that need a caller declare a
+``CurrentPrincipal`` parameter, which turns a missing or bad credential into 401.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, WebSocketException
+from starlette.requests import HTTPConnection
+from starlette.status import WS_1008_POLICY_VIOLATION
+
+from stockade.api.middleware import client_address
+from stockade.api.ratelimit import RateLimiter, RateLimitExceeded, category_of
+from stockade.errors import AuthenticationFailed
+from stockade.services import Services
+from stockade.services.principal import Principal
+
+# Seed 004's browser form: new WebSocket(url, ['Authorization', 'Bearer <token>']).
+WS_AUTH_PROTOCOL = "Authorization"
+
+
+def get_services(conn: HTTPConnection) -> Services:
+    services: Services = conn.app.state.services
+    return services
+
+
+def get_limiter(conn: HTTPConnection) -> RateLimiter:
+    limiter: RateLimiter = conn.app.state.limiter
+    return limiter
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def authorization_of(conn: HTTPConnection) -> str | None:
+    """The credential a request carries: the Authorization header, or on a WebSocket
+    the ``Authorization, Bearer <token>`` subprotocol pair."""
+    header = conn.headers.get("authorization")
+    if header or conn.scope["type"] != "websocket":
+        return header
+    offered = [p.strip() for p in conn.headers.get("sec-websocket-protocol", "").split(",")]
+    if len(offered) >= 2 and offered[0] == WS_AUTH_PROTOCOL:
+        return offered[1]
+    return None
+
+
+async def identify(conn: HTTPConnection) -> None:
+    """Resolve the caller, if credentials were sent, and charge the rate limit."""
+    services = get_services(conn)
+    limiter = get_limiter(conn)
+    state = conn.scope["state"]
+    address = f"ip:{client_address(conn.scope)}"
+    principal: Principal | None = None
+    header = authorization_of(conn)
+    try:
+        if header:
+            try:
+                principal = await services.auth.authenticate(header)
+            except AuthenticationFailed as exc:
+                state["auth_error"] = exc
+                # Guessing credentials costs from the same budget as logging in.
+                state["rate_quota"] = limiter.hit("auth", address)
+        state["principal"] = principal
+        state["principal_id"] = principal.user_id if principal else None
+        category = category_of(conn.scope.get("method", "GET"), conn.scope.get("route"))
+        key = principal.rate_key if principal else address
+        state["rate_quota"] = limiter.hit(category, key, per_token=principal is not None)
+    except RateLimitExceeded as exc:
+        state["rate_quota"] = exc.quota
+        services.metrics.rate_limited.labels(exc.category).inc()
+        if conn.scope["type"] == "websocket":
+            raise WebSocketException(WS_1008_POLICY_VIOLATION, exc.message) from exc
+        raise
+
+
+async def require_principal(conn: HTTPConnection) -> Principal:
+    """The authenticated caller, or 401 (a policy-violation close on a WebSocket)."""
+    principal: Principal | None = conn.scope["state"].get("principal")
+    if principal is not None:
+        return principal
+    error = conn.scope["state"].get("auth_error") or AuthenticationFailed()
+    if conn.scope["type"] == "websocket":
+        raise WebSocketException(WS_1008_POLICY_VIOLATION, error.message)
+    raise error
+
+
+CurrentPrincipal = Annotated[Principal, Depends(require_principal)]

@@ -1,0 +1,106 @@
+"""Rate limits per principal and per category, on the `limits` library.
+
+Categories and defaults follow seed 004 (auth 10/min, creation 20/min, exec 100/min,
+other 200/min); an authenticated caller is also held to seed 000's per-token ceiling.
+A route names its category with ``openapi_extra={"x-rate-limit-category": ...}``; an
+undeclared POST to a collection is ``creation`` and everything else ``other``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from limits import RateLimitItem, parse_many
+from limits.storage import storage_from_string
+from limits.strategies import SlidingWindowCounterRateLimiter
+from starlette.routing import BaseRoute
+
+from stockade.errors import RateLimited
+from stockade.settings import Settings
+
+Category = Literal["auth", "creation", "exec", "other"]
+CATEGORY_KEY = "x-rate-limit-category"
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """What the ``X-RateLimit-*`` headers report."""
+
+    limit: int
+    remaining: int
+    reset: int
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-ratelimit-limit", str(self.limit).encode()),
+            (b"x-ratelimit-remaining", str(self.remaining).encode()),
+            (b"x-ratelimit-reset", str(self.reset).encode()),
+        ]
+
+
+class RateLimitExceeded(RateLimited):
+    """Rate limit exceeded; retry after the time in Retry-After."""
+
+    def __init__(self, category: str, quota: Quota) -> None:
+        retry = max(1, math.ceil(quota.reset - time.time()))
+        super().__init__(
+            f"Rate limit for {category} requests exceeded; retry in {retry} s", retry_after=retry
+        )
+        self.quota = quota
+        self.category = category
+
+
+def category_of(method: str, route: BaseRoute | None) -> Category:
+    """The category a request is charged to."""
+    extra: dict[str, Any] = getattr(route, "openapi_extra", None) or {}
+    declared = extra.get(CATEGORY_KEY)
+    if declared in ("auth", "creation", "exec", "other"):
+        return declared  # type: ignore[no-any-return]
+    path: str = getattr(route, "path", "")
+    if method == "POST" and path and not path.endswith("}"):
+        return "creation"
+    return "other"
+
+
+class RateLimiter:
+    """Charges requests against per-category windows, keyed by principal or address."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.rate_limit_enabled
+        self._limiter = SlidingWindowCounterRateLimiter(
+            storage_from_string(settings.rate_limit_storage)
+        )
+        self._categories: dict[str, list[RateLimitItem]] = {
+            "auth": parse_many(settings.rate_limit_auth),
+            "creation": parse_many(settings.rate_limit_creation),
+            "exec": parse_many(settings.rate_limit_exec),
+            "other": parse_many(settings.rate_limit_other),
+        }
+        self._token = parse_many(settings.rate_limit_token)
+
+    def hit(self, category: Category, key: str, *, per_token: bool = False) -> Quota:
+        """Charge one request; RateLimitExceeded when a window is full."""
+        items = [(category, item) for item in self._categories[category]]
+        if per_token:
+            items += [("token", item) for item in self._token]
+        tightest: Quota | None = None
+        for scope, item in items:
+            allowed = self.enabled is False or self._limiter.hit(item, scope, key)
+            quota = self._quota(item, scope, key)
+            if not allowed:
+                raise RateLimitExceeded(category, quota)
+            if tightest is None or quota.remaining < tightest.remaining:
+                tightest = quota
+        assert tightest is not None  # every category has at least one limit
+        return tightest
+
+    def peek(self, category: Category, key: str) -> Quota:
+        """The quota without charging, for responses no route handled."""
+        return self._quota(self._categories[category][0], category, key)
+
+    def _quota(self, item: RateLimitItem, scope: str, key: str) -> Quota:
+        stats = self._limiter.get_window_stats(item, scope, key)
+        return Quota(item.amount, max(0, stats.remaining), math.ceil(stats.reset_time))

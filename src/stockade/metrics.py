@@ -1,0 +1,53 @@
+"""Prometheus metrics, in a registry owned by one app (no process-global state).
+
+Services receive the ``Metrics`` object and record what they do; ``/metrics`` and the
+``--metrics-port`` listener expose the same registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from stockade.version import __version__
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "stockade_http_requests",
+            "HTTP requests served, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "stockade_http_request_duration_seconds",
+            "Time from request start to the end of the response.",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "stockade_rate_limited_requests",
+            "Requests refused with 429, by category.",
+            ["category"],
+            registry=self.registry,
+        )
+        self.event_subscribers = Gauge(
+            "stockade_event_subscribers",
+            "Open SSE and WebSocket event streams.",
+            registry=self.registry,
+        )
+        info = Gauge(
+            "stockade_build_info", "Stockade's version.", ["version"], registry=self.registry
+        )
+        info.labels(version=__version__).set(1)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

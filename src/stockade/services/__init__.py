@@ -1,0 +1,79 @@
+"""Use cases. Routes of every dialect call these; nothing here knows about HTTP.
+
+``Services`` is the registry ``create_app`` wires once. Later parts of the daemon
+(sandboxes, tasks, jobs, agents, MCP) join it as fields of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from stockade.events import EventBus
+from stockade.metrics import Metrics
+from stockade.services.auth import AuthService
+from stockade.services.health import HealthService
+from stockade.services.passwords import Passwords
+from stockade.services.secrets import load_or_create_secret
+from stockade.services.tokens import Tokens
+from stockade.services.users import BootstrapResult, UserService
+from stockade.settings import Settings
+from stockade.store import Store
+
+logger = logging.getLogger("stockade")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    events: EventBus
+    metrics: Metrics
+    auth: AuthService
+    users: UserService
+    health: HealthService
+
+    @classmethod
+    def build(cls, settings: Settings, *, passwords: Passwords | None = None) -> Services:
+        """Wire every service from ``settings``. Opens nothing yet: see ``start``."""
+        home = settings.ensure_home()
+        secret = (
+            settings.jwt_secret.get_secret_value()
+            if settings.jwt_secret
+            else load_or_create_secret(home / "jwt-secret")
+        )
+        store = Store.from_url(settings.resolved_database_url)
+        events = EventBus()
+        passwords = passwords or Passwords()
+        tokens = Tokens(secret, timedelta(seconds=settings.token_ttl_seconds))
+        return cls(
+            settings=settings,
+            store=store,
+            events=events,
+            metrics=Metrics(),
+            auth=AuthService(store, passwords, tokens, events, secret),
+            users=UserService(store, passwords, events),
+            health=HealthService(store),
+        )
+
+    async def start(self) -> BootstrapResult:
+        """Migrate the store and create the first admin if there is no user yet."""
+        await self.store.open()
+        password = self.settings.admin_password
+        result = await self.users.bootstrap_admin(
+            self.settings.home, password.get_secret_value() if password else None
+        )
+        if result.generated_password:
+            # Printed once, on the first start only; the file keeps it (mode 0600).
+            print(
+                f"Stockade created the user 'admin' with password {result.generated_password}\n"
+                f"It is saved in {result.credentials_file} (mode 0600).",
+                flush=True,
+            )
+        elif result.created:
+            logger.info("created the user 'admin' with the password from STOCKADE_ADMIN_PASSWORD")
+        return result
+
+    async def stop(self) -> None:
+        await self.store.close()

@@ -1,0 +1,203 @@
+"""Authentication: logins, the three credential forms, and API keys (seed 004)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from stockade.errors import AuthenticationFailed, InvalidInput, NotFound, PermissionDenied
+from stockade.events import EventBus
+from stockade.services.passwords import Passwords
+from stockade.services.principal import Permission, Principal, Role
+from stockade.services.tokens import IssuedToken, Tokens
+from stockade.store import Store
+from stockade.store.records import ApiKey, User
+
+KEY_PREFIX = "stk_"
+# Writing last_used_at on every request would turn each read into a write; a minute's
+# resolution is what a person looking at the key list needs.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+# HTTP Basic sends the password on every request, and argon2 costs tens of ms by design:
+# remember a verified pair briefly, keyed by an HMAC so the memory holds no password.
+BASIC_CACHE_SECONDS = 60.0
+BASIC_CACHE_SIZE = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    token: IssuedToken
+    user: User
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    record: ApiKey
+    key: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class AuthService:
+    def __init__(
+        self, store: Store, passwords: Passwords, tokens: Tokens, events: EventBus, secret: str
+    ) -> None:
+        self._store = store
+        self._passwords = passwords
+        self._tokens = tokens
+        self._events = events
+        self._cache_key = secret.encode()
+        self._basic_cache: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+
+    # -- logins ---------------------------------------------------------------------------
+
+    async def login(self, username: str, password: str, *, client: str | None = None) -> Login:
+        """Check a username and password and issue a token."""
+        user = await self._check_password(username, password)
+        if user is None:
+            await self._store.audit.append(
+                "auth.login_failed", actor=None, target=username[:128], detail={"client": client}
+            )
+            raise AuthenticationFailed("Invalid username or password")
+        token = self._tokens.issue(user.id)
+        await self._store.audit.append("auth.login", actor=user.id, detail={"client": client})
+        self._events.publish("auth.login", {"user_id": user.id}, owner=user.id)
+        return Login(token=token, user=user)
+
+    async def _check_password(self, username: str, password: str) -> User | None:
+        user = await self._store.users.get_by_username(username)
+        ok = await self._passwords.verify(user.password_hash if user else None, password)
+        return user if ok else None
+
+    # -- credentials ----------------------------------------------------------------------
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal behind an ``Authorization`` header value: ``Bearer <jwt>``,
+        ``Bearer stk_…`` or ``Basic …``."""
+        if not authorization:
+            raise AuthenticationFailed()
+        scheme, _, credential = authorization.strip().partition(" ")
+        credential = credential.strip()
+        if not credential or any(c.isspace() for c in credential):
+            raise AuthenticationFailed("Malformed Authorization header")
+        match scheme.lower():
+            case "bearer" if credential.startswith(KEY_PREFIX):
+                return await self.authenticate_key(credential)
+            case "bearer":
+                return await self.authenticate_token(credential)
+            case "basic":
+                return await self.authenticate_basic(credential)
+            case _:
+                raise AuthenticationFailed(f"Unsupported authorization scheme {scheme[:16]!r}")
+
+    async def authenticate_token(self, token: str) -> Principal:
+        user = await self._store.users.get(self._tokens.subject(token))
+        if user is None:
+            raise AuthenticationFailed("Invalid token")
+        return Principal(user.id, user.username, Role(user.role), "jwt")
+
+    async def authenticate_basic(self, encoded: str) -> Principal:
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError) as exc:
+            raise AuthenticationFailed("Malformed Basic credentials") from exc
+        username, sep, password = decoded.partition(":")
+        if not sep:
+            raise AuthenticationFailed("Malformed Basic credentials")
+        fingerprint = hmac.digest(self._cache_key, decoded.encode(), "sha256")
+        cached = self._basic_cache.get(fingerprint)
+        if cached and cached[0] > time.monotonic():
+            user = await self._store.users.get(cached[1])
+        else:
+            user = await self._check_password(username, password)
+            if user is not None:
+                self._remember_basic(fingerprint, user.id)
+        if user is None:
+            raise AuthenticationFailed("Invalid username or password")
+        return Principal(user.id, user.username, Role(user.role), "basic")
+
+    def _remember_basic(self, fingerprint: bytes, user_id: str) -> None:
+        self._basic_cache[fingerprint] = (time.monotonic() + BASIC_CACHE_SECONDS, user_id)
+        while len(self._basic_cache) > BASIC_CACHE_SIZE:
+            self._basic_cache.popitem(last=False)
+
+    async def authenticate_key(self, key: str) -> Principal:
+        record = await self._store.api_keys.get_by_hash(hash_key(key))
+        now = datetime.now(UTC)
+        if record is None:
+            raise AuthenticationFailed("Invalid API key")
+        if record.revoked_at is not None:
+            raise AuthenticationFailed("API key has been revoked")
+        if record.expires_at is not None and record.expires_at <= now:
+            raise AuthenticationFailed("API key has expired")
+        user = await self._store.users.get(record.user_id)
+        if user is None:
+            raise AuthenticationFailed("Invalid API key")
+        if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
+            await self._store.api_keys.touch(record.id, now)
+        permissions = (
+            {p["environment_id"]: Permission(p["permission"]) for p in record.permissions}
+            if record.permissions
+            else None
+        )
+        return Principal(user.id, user.username, Role(user.role), "api_key", record.id, permissions)
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def create_key(
+        self,
+        principal: Principal,
+        *,
+        description: str | None,
+        expires_in_days: int | None,
+        permissions: list[tuple[str, Permission]],
+    ) -> NewApiKey:
+        """Make a key for the caller. It is returned once; only its hash is kept."""
+        self._require_unrestricted(principal)
+        if expires_in_days is not None and expires_in_days <= 0:
+            raise InvalidInput("expires_in must be a positive number of days")
+        now = datetime.now(UTC).replace(microsecond=0)
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        record = ApiKey(
+            id=f"key-{secrets.token_hex(6)}",
+            user_id=principal.user_id,
+            key_hash=hash_key(key),
+            prefix=key[:12],
+            description=description,
+            permissions=[{"environment_id": e, "permission": p.value} for e, p in permissions],
+            created_at=now,
+            expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+            last_used_at=None,
+            revoked_at=None,
+        )
+        await self._store.api_keys.create(record)
+        await self._store.audit.append("apikey.create", actor=principal.user_id, target=record.id)
+        self._events.publish("apikey.created", {"id": record.id}, owner=principal.user_id)
+        return NewApiKey(record=record, key=key)
+
+    async def list_keys(self, principal: Principal) -> list[ApiKey]:
+        """The caller's live keys."""
+        self._require_unrestricted(principal)
+        return await self._store.api_keys.list_for_user(principal.user_id)
+
+    async def revoke_key(self, principal: Principal, key_id: str) -> None:
+        """Revoke one of the caller's keys; anyone else's answers as missing."""
+        self._require_unrestricted(principal)
+        if not await self._store.api_keys.revoke(key_id, principal.user_id, datetime.now(UTC)):
+            raise NotFound(f"API key {key_id} does not exist")
+        await self._store.audit.append("apikey.revoke", actor=principal.user_id, target=key_id)
+        self._events.publish("apikey.revoked", {"id": key_id}, owner=principal.user_id)
+
+    @staticmethod
+    def _require_unrestricted(principal: Principal) -> None:
+        # A key limited to some sandboxes must not mint a key without those limits.
+        if principal.is_restricted:
+            raise PermissionDenied("An API key limited to sandboxes cannot manage API keys")

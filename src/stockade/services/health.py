@@ -1,0 +1,79 @@
+"""What ``/health`` reports: the superset of every seed's health body."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psutil
+from sqlalchemy.exc import SQLAlchemyError
+
+from stockade.store import Store
+from stockade.version import __version__
+
+# Later parts of the daemon register how many sandboxes are live and which backend
+# serves them; until then the daemon has none.
+ActiveCount = Callable[[], Awaitable[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    status: str
+    timestamp: datetime
+    version: str
+    uptime_seconds: float
+    active_vms: int
+    services: dict[str, str]
+    capacity: dict[str, int | str]
+
+
+def _gibibytes(n: int) -> str:
+    return f"{n / 2**30:.1f}Gi"
+
+
+class HealthService:
+    def __init__(self, store: Store, *, llm: str = "disabled (using fallback parser)") -> None:
+        self._store = store
+        self._started = time.monotonic()
+        self._llm = llm
+        self.backend = "none (sandbox backends are not configured in this build)"
+        self.active_sandboxes: ActiveCount | None = None
+
+    @property
+    def uptime_seconds(self) -> float:
+        return round(time.monotonic() - self._started, 3)
+
+    async def check(self) -> Health:
+        """Probe the database and describe the daemon and the machine."""
+        try:
+            await self._store.db.ping()
+            database = "ok"
+        except (SQLAlchemyError, OSError) as exc:
+            database = f"error: {type(exc).__name__}"
+        memory = psutil.virtual_memory()
+        active = await self.active_sandboxes() if self.active_sandboxes else 0
+        return Health(
+            status="healthy" if database == "ok" else "unhealthy",
+            timestamp=datetime.now(UTC),
+            version=__version__,
+            uptime_seconds=self.uptime_seconds,
+            active_vms=active,
+            services={
+                "api": "ok",
+                "database": database,
+                "store": self._store.db.dialect,
+                "backend": self.backend,
+                "os": platform.system(),
+                "python": platform.python_version(),
+                "llm": self._llm,
+            },
+            capacity={
+                "total_nodes": 1,
+                "available_cpu": str(os.cpu_count() or 1),
+                "available_memory": _gibibytes(memory.available),
+            },
+        )

@@ -1,0 +1,91 @@
+"""One settings object, built once at start-up and passed down.
+
+Every field reads a ``STOCKADE_*`` environment variable of the same name in upper case
+(``port`` reads ``STOCKADE_PORT``). The CLI's flags override the environment. No module
+keeps a settings global: ``create_app(settings)`` receives it and hands it to what needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Seed 001 (Luna) documents these origins for its Tauri desktop client; allowing them by
+# default lets that client talk to Stockade unchanged. `--cors-origin` replaces the list.
+DEFAULT_CORS_ORIGINS = ["http://localhost:1420", "http://tauri.localhost", "tauri://localhost"]
+
+
+def default_home() -> Path:
+    """``/var/lib/stockade`` for root, ``~/.local/share/stockade`` for everyone else."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/stockade")
+    return Path.home() / ".local" / "share" / "stockade"
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told, with its embedded defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="STOCKADE_", extra="ignore", frozen=True)
+
+    home: Path = Field(default_factory=default_home, description="State directory (mode 0700).")
+    host: str = Field("127.0.0.1", description="Address the API listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the API listens on.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Serve /metrics without auth on this second port."
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate; serves HTTPS with tls_key.")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CORS_ORIGINS),
+        description="Origins allowed by CORS, separated by commas or spaces.",
+    )
+    log_format: Literal["json", "text"] = Field("text", description="Log line format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default sqlite+aiosqlite:///$STOCKADE_HOME/stockade.db. "
+        "PostgreSQL: postgresql+asyncpg://user:pass@host/db.",
+    )
+    admin_password: SecretStr | None = Field(
+        None, description="Password of the first admin; generated and saved when unset."
+    )
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 secret for tokens; generated into $STOCKADE_HOME when unset."
+    )
+    token_ttl_seconds: int = Field(24 * 3600, ge=60, description="Lifetime of a login token.")
+
+    rate_limit_enabled: bool = True
+    rate_limit_storage: str = Field("memory://", description="`limits` storage URI.")
+    rate_limit_auth: str = Field("10/minute", description="Logins and failed authentications.")
+    rate_limit_creation: str = Field("20/minute", description="Requests that create objects.")
+    rate_limit_exec: str = Field("100/minute", description="Command execution.")
+    rate_limit_other: str = Field("200/minute", description="Everything else.")
+    rate_limit_token: str = Field(
+        "1000/minute;100/second", description="Ceiling per token across categories (seed 000)."
+    )
+
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list | tuple):
+            return [part for item in items for part in str(item).replace(",", " ").split()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the state directory."""
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'stockade.db'}"
+
+    def ensure_home(self) -> Path:
+        """Create the state directory with mode 0700 (and tighten it if it exists)."""
+        self.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.home.chmod(0o700)
+        return self.home
