@@ -12,7 +12,12 @@ from typing import Any
 request_id_var: ContextVar[str | None] = ContextVar("stockade_request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed through `extra=` and is kept.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+    "color_message",
+}
 
 
 class RequestIdFilter(logging.Filter):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
@@ -75,8 +75,9 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.limiter = limiter = RateLimiter(settings)
 
     errors.install(app)
-    for module in (health, auth, api_keys, events):
-        app.include_router(module.router)
+    routers = [module.router for module in (health, auth, api_keys, events)]
+    for router in routers:
+        app.include_router(router)
 
     app.add_middleware(
         RequestContext,
@@ -92,18 +93,20 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
             allow_headers=["*"],
             expose_headers=EXPOSED_HEADERS,
         )
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app, routers)  # type: ignore[method-assign]
     return app
 
 
 def _needs_auth(dependant: Dependant) -> bool:
-    return any(
-        d.call is require_principal or _needs_auth(d) for d in dependant.dependencies
-    )
+    return any(d.call is require_principal or _needs_auth(d) for d in dependant.dependencies)
 
 
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, with the security each route really enforces."""
+def _openapi(app: FastAPI, routers: Sequence[APIRouter]) -> dict[str, Any]:
+    """FastAPI's schema, with the security each route really enforces.
+
+    The routes are read from the routers: newer FastAPI keeps each included router as a
+    single entry of ``app.routes``, so the app's own list does not show its APIRoutes.
+    """
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(
@@ -113,11 +116,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or stk_ key"},
         "basicAuth": {"type": "http", "scheme": "basic"},
     }
-    for route in app.routes:
+    for route in (route for router in routers for route in router.routes):
         if isinstance(route, APIWebSocketRoute) or not isinstance(route, APIRoute):
             continue
-        security = [{"bearerAuth": []}, {"basicAuth": []}] if _needs_auth(route.dependant) else []
-        for method in route.methods:
+        security: list[dict[str, list[str]]] = (
+            [{"bearerAuth": []}, {"basicAuth": []}] if _needs_auth(route.dependant) else []
+        )
+        for method in route.methods or ():
             operation = schema["paths"].get(route.path_format, {}).get(method.lower())
             if operation is not None:
                 operation["security"] = security

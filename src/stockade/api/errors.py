@@ -100,12 +100,13 @@ def problem(
 def status_of(exc: errors.StockadeError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return 500
 
 
 def _request_id(request: Request) -> str | None:
-    return request.scope.get("state", {}).get("request_id")
+    request_id: str | None = request.scope.get("state", {}).get("request_id")
+    return request_id
 
 
 def _instance(request: Request) -> str:
@@ -121,7 +122,10 @@ async def _stockade_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, errors.AuthenticationFailed):
         headers["www-authenticate"] = 'Bearer realm="stockade"'
     return problem(
-        status, exc.message, instance=_instance(request), request_id=_request_id(request),
+        status,
+        exc.message,
+        instance=_instance(request),
+        request_id=_request_id(request),
         headers=headers,
     )
 
@@ -134,7 +138,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     elif exc.status_code == 405:
         detail = f"Method {request.method} is not allowed on {request.url.path}"
     return problem(
-        exc.status_code, detail, instance=_instance(request), request_id=_request_id(request),
+        exc.status_code,
+        detail,
+        instance=_instance(request),
+        request_id=_request_id(request),
         headers=dict(exc.headers or {}),
     )
 
@@ -149,24 +156,34 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     # shape is unprocessable.
     if any(e["type"] == "json_invalid" for e in found):
         return problem(
-            400, "Request body is not valid JSON", instance=_instance(request),
+            400,
+            "Request body is not valid JSON",
+            instance=_instance(request),
             request_id=_request_id(request),
         )
-    summary = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in found[:5]
-    ) or "Request is invalid"
+    summary = (
+        "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in found[:5])
+        or "Request is invalid"
+    )
     return problem(
-        422, summary, instance=_instance(request), request_id=_request_id(request),
+        422,
+        summary,
+        instance=_instance(request),
+        request_id=_request_id(request),
         extra={"errors": found},
     )
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = _request_id(request)
-    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    logger.exception(
+        "unhandled error in %s %s (request id %s)", request.method, request.url.path, request_id
+    )
     return problem(
-        500, f"Internal server error; quote request id {request_id} when reporting it",
-        instance=_instance(request), request_id=request_id,
+        500,
+        f"Internal server error; quote request id {request_id} when reporting it",
+        instance=_instance(request),
+        request_id=request_id,
     )
 
 

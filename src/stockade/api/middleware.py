@@ -70,9 +70,10 @@ class RequestContext:
 
         try:
             if scope["type"] == "http" and scope["method"] in _BODY_METHODS:
-                receive = await self._limit_body(scope, headers, receive, send_with_context)
-                if receive is None:
+                limited = await self._limit_body(scope, headers, receive, send_with_context)
+                if limited is None:
                     return
+                receive = limited
             await self.app(scope, receive, send_with_context)
         finally:
             self._record(scope, status[0], time.perf_counter() - started)

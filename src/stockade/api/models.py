@@ -12,9 +12,13 @@ from stockade.store.records import User
 class UserOut(BaseModel):
     """A user as seeds 003 and 004 show one."""
 
-    model_config = ConfigDict(json_schema_extra={"examples": [
-        {"id": "user-1a2b3c4d5e6f", "username": "admin", "email": None, "role": "admin"}
-    ]})
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"id": "user-1a2b3c4d5e6f", "username": "admin", "email": None, "role": "admin"}
+            ]
+        }
+    )
 
     id: str
     username: str
@@ -25,6 +29,9 @@ class UserOut(BaseModel):
     @classmethod
     def of(cls, user: User) -> UserOut:
         return cls(
-            id=user.id, username=user.username, email=user.email, role=user.role,
+            id=user.id,
+            username=user.username,
+            email=user.email,
+            role=user.role,
             created_at=user.created_at,
         )

@@ -82,20 +82,27 @@ class RateLimiter:
         self._token = parse_many(settings.rate_limit_token)
 
     def hit(self, category: Category, key: str, *, per_token: bool = False) -> Quota:
-        """Charge one request; RateLimitExceeded when a window is full."""
-        items = [(category, item) for item in self._categories[category]]
+        """Charge one request; RateLimitExceeded when a window is full.
+
+        The quota returned (and reported in the headers) is the category's first window,
+        as seed 004 documents; a 429 reports the window that refused.
+        """
+        items: list[tuple[str, RateLimitItem]] = [
+            (category, item) for item in self._categories[category]
+        ]
         if per_token:
             items += [("token", item) for item in self._token]
-        tightest: Quota | None = None
+        reported: Quota | None = None
         for scope, item in items:
-            allowed = self.enabled is False or self._limiter.hit(item, scope, key)
+            if not self.enabled:
+                return Quota(item.amount, item.amount, math.ceil(time.time()) + item.get_expiry())
+            allowed = self._limiter.hit(item, scope, key)
             quota = self._quota(item, scope, key)
             if not allowed:
                 raise RateLimitExceeded(category, quota)
-            if tightest is None or quota.remaining < tightest.remaining:
-                tightest = quota
-        assert tightest is not None  # every category has at least one limit
-        return tightest
+            reported = reported or quota
+        assert reported is not None  # every category has at least one limit
+        return reported
 
     def peek(self, category: Category, key: str) -> Quota:
         """The quota without charging, for responses no route handled."""

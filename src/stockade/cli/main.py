@@ -44,14 +44,49 @@ def _settings(**overrides: Any) -> Settings:
 
 @app.command()
 def daemon(
-    host: Annotated[str | None, typer.Option(envvar="STOCKADE_HOST", help="Address to listen on. Default: 127.0.0.1.")] = None,
-    port: Annotated[int | None, typer.Option(envvar="STOCKADE_PORT", help="Port to listen on. Default: 8080.")] = None,
-    metrics_port: Annotated[int | None, typer.Option(envvar="STOCKADE_METRICS_PORT", help="Also serve /metrics, without auth, on this port.")] = None,
-    tls_cert: Annotated[Path | None, typer.Option(envvar="STOCKADE_TLS_CERT", help="PEM certificate: serve HTTPS (needs --tls-key).")] = None,
-    tls_key: Annotated[Path | None, typer.Option(envvar="STOCKADE_TLS_KEY", help="PEM private key for --tls-cert.")] = None,
-    cors_origin: Annotated[list[str] | None, typer.Option(envvar="STOCKADE_CORS_ORIGINS", help="Origin allowed by CORS; repeat for more. Default: seed 001's Tauri origins.")] = None,
-    log_format: Annotated[str | None, typer.Option(envvar="STOCKADE_LOG_FORMAT", help="Log line format: json or text. Default: text.")] = None,
-    home: Annotated[Path | None, typer.Option(envvar="STOCKADE_HOME", help="State directory. Default: /var/lib/stockade as root, else ~/.local/share/stockade.")] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(envvar="STOCKADE_HOST", help="Address to listen on. Default: 127.0.0.1."),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="STOCKADE_PORT", help="Port to listen on. Default: 8080.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            envvar="STOCKADE_METRICS_PORT", help="Also serve /metrics, without auth, on this port."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="STOCKADE_TLS_CERT", help="PEM certificate: serve HTTPS (needs --tls-key)."
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option(envvar="STOCKADE_TLS_KEY", help="PEM private key for --tls-cert.")
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar="STOCKADE_CORS_ORIGINS",
+            help="Origin allowed by CORS; repeat for more. Default: seed 001's Tauri origins.",
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STOCKADE_LOG_FORMAT", help="Log line format: json or text. Default: text."
+        ),
+    ] = None,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="STOCKADE_HOME",
+            help="State directory. Default: /var/lib/stockade as root,"
+            " else ~/.local/share/stockade.",
+        ),
+    ] = None,
 ) -> None:
     """Start the daemon. Other settings are read from STOCKADE_* variables (see README)."""
     import uvicorn
@@ -60,8 +95,14 @@ def daemon(
     from stockade.api.app import create_app
 
     settings = _settings(
-        host=host, port=port, metrics_port=metrics_port, tls_cert=tls_cert, tls_key=tls_key,
-        cors_origins=cors_origin, log_format=log_format, home=home,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        cors_origins=cors_origin,
+        log_format=log_format,
+        home=home,
     )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         err.print("[red]error:[/] --tls-cert and --tls-key must be given together")
@@ -118,7 +159,10 @@ def user_add(
     username: Annotated[str, typer.Argument(help="The new user's name.")],
     role: Annotated[Role, typer.Option(help="admin or user.")] = Role.USER,
     email: Annotated[str | None, typer.Option(help="Email address.")] = None,
-    password_env: Annotated[str | None, typer.Option(help="Read the password from this environment variable instead of prompting.")] = None,
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="Read the password from this environment variable instead of prompting."),
+    ] = None,
 ) -> None:
     """Add a user to the store the daemon uses (STOCKADE_HOME / STOCKADE_DATABASE_URL)."""
     from stockade.services import Services

@@ -62,7 +62,9 @@ class UserService:
         )
         await self._store.users.create(user)
         await self._store.audit.append(
-            "user.create", actor=actor.user_id if actor else None, target=user.id,
+            "user.create",
+            actor=actor.user_id if actor else None,
+            target=user.id,
             detail={"username": username, "role": role.value},
         )
         self._events.publish("user.created", {"id": user.id, "username": username}, owner=user.id)

@@ -25,19 +25,14 @@ class AuditStore:
         detail: dict[str, Any] | None = None,
     ) -> None:
         """Add one row. Rows are never updated or deleted by the daemon."""
-        values = {"at": datetime.now(UTC), "actor": actor, "action": action}
+        values: dict[str, Any] = {"at": datetime.now(UTC), "actor": actor, "action": action}
         values |= {"target": target, "detail": detail}
         async with self._db.begin() as conn:
             await conn.execute(audit_log.insert().values(**values))
 
     async def list(self, *, limit: int = 100, offset: int = 0) -> list[AuditEntry]:
         """Newest first."""
-        query = (
-            audit_log.select()
-            .order_by(audit_log.c.id.desc())
-            .limit(limit)
-            .offset(offset)
-        )
+        query = audit_log.select().order_by(audit_log.c.id.desc()).limit(limit).offset(offset)
         async with self._db.connect() as conn:
             return [AuditEntry(**row._mapping) for row in await conn.execute(query)]
 

@@ -75,7 +75,9 @@ class Database:
             Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         async with self.engine.begin() as conn:
             if not self.is_sqlite:
-                await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK}
+                )
             await conn.run_sync(upgrade_to_head)
 
     async def ping(self) -> None:

@@ -94,7 +94,9 @@ async def create_api_key(
     response_class=Response,
     responses=responses(401, 403, 404, 429),
 )
-async def revoke_api_key(key_id: str, principal: CurrentPrincipal, services: ServicesDep) -> Response:
+async def revoke_api_key(
+    key_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
     """Revoke a key; it is refused with 401 from then on."""
     await services.auth.revoke_key(principal, key_id)
     return Response(status_code=204)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, EmailStr, Field
@@ -58,7 +59,7 @@ async def _login(body: LoginIn, request: Request, services: ServicesDep) -> Logi
     )
 
 
-_login_doc = {
+_login_doc: dict[str, Any] = {
     "response_model": LoginOut,
     "responses": responses(400, 401, 422, 429),
     "openapi_extra": {CATEGORY_KEY: "auth"},
@@ -67,13 +68,19 @@ router.add_api_route(
     "/api/v1/auth/login", _login, methods=["POST"], summary="Log in (seed 004)", **_login_doc
 )
 router.add_api_route(
-    "/v1/auth/login", _login, methods=["POST"], summary="Log in (seed 003)",
-    operation_id="login_v1", **_login_doc,
+    "/v1/auth/login",
+    _login,
+    methods=["POST"],
+    summary="Log in (seed 003)",
+    operation_id="login_v1",
+    **_login_doc,
 )
 
 
 @router.get(
-    "/api/v1/auth/me", response_model=MeOut, responses=responses(401, 429),
+    "/api/v1/auth/me",
+    response_model=MeOut,
+    responses=responses(401, 429),
     summary="The current user",
 )
 async def me(principal: CurrentPrincipal, services: ServicesDep) -> MeOut:

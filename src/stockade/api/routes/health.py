@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
@@ -69,7 +70,7 @@ async def _health(services: ServicesDep, response: Response) -> HealthOut:
     )
 
 
-_health_doc = {
+_health_doc: dict[str, Any] = {
     "response_model": HealthOut,
     "responses": {503: {"model": HealthOut, "description": "The database does not answer"}},
 }
@@ -77,8 +78,12 @@ router.add_api_route(
     "/health", _health, methods=["GET"], summary="Health (seeds 000, 001)", **_health_doc
 )
 router.add_api_route(
-    "/api/v1/health", _health, methods=["GET"], summary="Health (seed 004)",
-    operation_id="health_v1", **_health_doc,
+    "/api/v1/health",
+    _health,
+    methods=["GET"],
+    summary="Health (seed 004)",
+    operation_id="health_v1",
+    **_health_doc,
 )
 
 

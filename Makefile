@@ -1,0 +1,40 @@
+# Two commands matter: `make run` and `make test`. Both install what they need first.
+
+VENV        ?= .venv
+PYTHON      ?= python3
+BIN         := $(VENV)/bin
+# Debian packages: PostgreSQL for the store's tests, wrk for the benchmarks.
+APT_PACKAGES := postgresql wrk
+
+.PHONY: install system-packages run test lint typecheck unit bench clean
+
+install: system-packages $(VENV)/.installed
+
+system-packages:
+	@scripts/apt-ensure $(APT_PACKAGES)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/stockade daemon
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+# The whole suite, against SQLite and a throw-away PostgreSQL cluster on 127.0.0.1.
+test: lint typecheck
+	scripts/with-postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/http.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

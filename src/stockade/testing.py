@@ -1,0 +1,157 @@
+"""The test kit: settings and apps for tests, an in-process client, a daemon process.
+
+It ships with the package so that tests of later parts, and users' own tests of code
+built on Stockade, start from the same pieces.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from argon2 import PasswordHasher
+
+from stockade.api.app import create_app
+from stockade.services import Services
+from stockade.services.passwords import Passwords
+from stockade.settings import Settings
+
+ADMIN_PASSWORD = "admin-password-for-tests"
+JWT_SECRET = "stockade-test-secret-0123456789-abcdefghijklmnop"
+# A client address inside the ASGI transport, so per-address rate limits have a key.
+CLIENT = ("127.0.0.1", 40000)
+
+
+def fast_passwords() -> Passwords:
+    """argon2 with the cheapest parameters: the same code path, a thousand times faster."""
+    return Passwords(PasswordHasher(time_cost=1, memory_cost=8, parallelism=1))
+
+
+def make_settings(home: Path, **overrides: Any) -> Settings:
+    """Settings for a test: a private home, a known admin password and JWT secret."""
+    values: dict[str, Any] = {
+        "home": home,
+        "admin_password": ADMIN_PASSWORD,
+        "jwt_secret": JWT_SECRET,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def basic_auth(username: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{username}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class TestApp:
+    """An app whose lifespan is running, with an in-process client."""
+
+    __test__ = False  # not a pytest test class
+
+    app: Any
+    services: Services
+    client: httpx.AsyncClient
+
+    async def login(self, username: str = "admin", password: str = ADMIN_PASSWORD) -> str:
+        response = await self.client.post(
+            "/api/v1/auth/login", json={"username": username, "password": password}
+        )
+        response.raise_for_status()
+        token: str = response.json()["token"]
+        return token
+
+
+@asynccontextmanager
+async def running_app(settings: Settings, **services_kwargs: Any) -> AsyncIterator[TestApp]:
+    """Build the app, run its start-up (migrations, first admin), and yield a client."""
+    services_kwargs.setdefault("passwords", fast_passwords())
+    services = Services.build(settings, **services_kwargs)
+    app = create_app(settings, services=services)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=CLIENT)
+        async with httpx.AsyncClient(transport=transport, base_url="http://stockade.test") as c:
+            yield TestApp(app=app, services=services, client=c)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Daemon:
+    """A ``stockade daemon`` process started by ``daemon_process``."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    home: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def daemon_process(
+    home: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    scheme: str = "http",
+) -> Iterator[Daemon]:
+    """Start ``stockade daemon`` on a free loopback port; stop it on exit. With
+    ``scheme="https"`` the health wait skips certificate checks (tests use self-signed)."""
+    port = free_port()
+    log = home.parent / f"{home.name}-daemon.log"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")}
+    environment |= {"STOCKADE_HOME": str(home), "STOCKADE_PORT": str(port)}
+    environment |= env or {}
+    command = [sys.executable, "-m", "stockade", "daemon", *args]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, env=environment, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"{scheme}://127.0.0.1:{port}"
+    daemon = Daemon(process, url, home, log)
+    try:
+        _wait_healthy(daemon, timeout)
+        yield daemon
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_healthy(daemon: Daemon, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            raise RuntimeError(
+                f"daemon exited with {daemon.process.returncode}:\n{daemon.output()}"
+            )
+        try:
+            response = httpx.get(f"{daemon.url}/health", timeout=1.0, verify=False)  # noqa: S501
+            if response.status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"daemon not healthy after {timeout} s:\n{daemon.output()}")

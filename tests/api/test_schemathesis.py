@@ -1,0 +1,97 @@
+"""Schemathesis fuzzes every HTTP operation in /openapi.json, in-process, as the admin.
+
+The schema is loaded with ``schemathesis.openapi.from_asgi`` when this module is
+collected, because ``@schema.parametrize()`` needs it then (``from_fixture`` does not
+work with pytest 9.2: it writes ``Node._nodeid``, which pytest no longer has).
+
+Schemathesis reaches an ASGI app through its own client: every request, and the app's
+lifespan, run on one event loop in one background thread. Loading the schema starts
+the lifespan there (migrations, then the first admin), so the database connections are
+used only on the loop that opened them. Schemathesis's pytest plugin ends every
+lifespan after each test, and a request made later starts it again on the same loop,
+on the same database file.
+
+Each operation gets generated requests, valid and invalid, sent with the admin's
+bearer token; ``ignored_auth`` sends them again with no and with wrong credentials. A
+failure fails that operation's test with Schemathesis's report and a curl line to
+reproduce it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.python import asgi
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    ignored_auth,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from stockade.api.app import create_app
+from stockade.services import Services
+from stockade.testing import ADMIN_PASSWORD, bearer, fast_passwords, make_settings
+
+UNLIMITED = "1000000/minute"
+
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    ignored_auth,
+]
+
+HOME = Path(tempfile.mkdtemp(prefix="stockade-schemathesis-")) / "home"
+SETTINGS = make_settings(
+    HOME,
+    rate_limit_auth=UNLIMITED,
+    rate_limit_creation=UNLIMITED,
+    rate_limit_exec=UNLIMITED,
+    rate_limit_other=UNLIMITED,
+    rate_limit_token=UNLIMITED,
+)
+APP = create_app(SETTINGS, services=Services.build(SETTINGS, passwords=fast_passwords()))
+
+# GET /api/v1/events is Server-Sent Events: the stream never ends, so each request to it
+# would only stop at its timeout. Every other operation is fuzzed.
+schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(
+    method="GET", path="/api/v1/events"
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_app() -> Iterator[None]:
+    """End the app's lifespan and remove its state directory after the last test."""
+    yield
+    asgi.shutdown_lifespans()
+    shutil.rmtree(HOME.parent, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def admin_headers() -> dict[str, str]:
+    """The admin's bearer token, from a login through the same in-process client."""
+    login = schema["/api/v1/auth/login"]["POST"]
+    response = login.Case(body={"username": "admin", "password": ADMIN_PASSWORD}).call()
+    assert response.status_code == 200, response.text
+    token: str = response.json()["token"]
+    return bearer(token)
+
+
+@schema.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+def test_api_conforms_to_its_schema(case: schemathesis.Case, admin_headers: dict[str, str]) -> None:
+    case.call_and_validate(headers=admin_headers, checks=CHECKS)
