@@ -44,7 +44,10 @@ def test_subprotocol_pair_authenticates_and_is_answered(client: TestClient) -> N
 def test_missing_or_bad_credentials_close_the_socket(
     client: TestClient, subprotocols: list[str]
 ) -> None:
-    with client, pytest.raises(WebSocketDisconnect) as closed:
-        with client.websocket_connect("/api/v1/events/ws", subprotocols=subprotocols) as ws:
-            ws.receive_json()
+    with (
+        client,
+        pytest.raises(WebSocketDisconnect) as closed,
+        client.websocket_connect("/api/v1/events/ws", subprotocols=subprotocols) as ws,
+    ):
+        ws.receive_json()
     assert closed.value.code == 1008

@@ -41,7 +41,7 @@ class UserStore:
 
     async def list(self) -> list[User]:
         async with self._db.connect() as conn:
-            rows = await conn.execute(users.select().order_by(users.c.id))
+            rows = await conn.execute(users.select().order_by(users.c.created_at, users.c.id))
         return [_user(row) for row in rows]
 
     async def count(self) -> int:

@@ -28,7 +28,6 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(256), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_users"),
-        sa.UniqueConstraint("username", name="uq_users_username"),
     )
     op.create_table(
         "api_keys",
