@@ -3,8 +3,9 @@
 VENV        ?= .venv
 PYTHON      ?= python3
 BIN         := $(VENV)/bin
-# Debian packages: PostgreSQL for the store's tests, wrk for the benchmarks.
-APT_PACKAGES := postgresql wrk
+# Debian packages: PostgreSQL for the store's tests, wrk for the benchmarks, curl, jq and
+# openssl for the README walk-through and the TLS test.
+APT_PACKAGES := postgresql wrk curl jq openssl
 
 .PHONY: install system-packages run test lint typecheck unit bench clean
 

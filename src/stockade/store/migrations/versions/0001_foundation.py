@@ -42,7 +42,7 @@ def upgrade() -> None:
         sa.Column("last_used_at", UTCDateTime(), nullable=True),
         sa.Column("revoked_at", UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_api_keys_user_id_users", ondelete="CASCADE"
+            ["user_id"], ["users.id"], name="fk_api_keys_user_id_users", ondelete="RESTRICT"
         ),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
@@ -58,7 +58,6 @@ def upgrade() -> None:
         sa.Column("detail", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_audit_log"),
     )
-    op.create_index("ix_audit_log_at", "audit_log", ["at"])
 
 
 def downgrade() -> None:
