@@ -7,7 +7,7 @@ BIN         := $(VENV)/bin
 # openssl for the README walk-through and the TLS test.
 APT_PACKAGES := postgresql wrk curl jq openssl
 
-.PHONY: install system-packages run test lint typecheck unit bench clean
+.PHONY: install system-packages run test lint typecheck bench clean
 
 install: system-packages $(VENV)/.installed
 

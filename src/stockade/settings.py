@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -77,6 +78,21 @@ class Settings(BaseSettings):
         items = [value] if isinstance(value, str) else value
         if isinstance(items, list | tuple):
             return [part for item in items for part in str(item).replace(",", " ").split()]
+        return value
+
+    @field_validator(
+        "rate_limit_auth",
+        "rate_limit_creation",
+        "rate_limit_exec",
+        "rate_limit_other",
+        "rate_limit_token",
+    )
+    @classmethod
+    def _parse_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a rate limit such as '10/minute'") from exc
         return value
 
     @property

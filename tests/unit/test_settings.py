@@ -47,3 +47,10 @@ def test_ensure_home_is_private(tmp_path: Path) -> None:
     home.mkdir(mode=0o755)
     Settings(home=home).ensure_home()
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
+def test_a_bad_rate_limit_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKADE_RATE_LIMIT_AUTH", "lots")
+    with pytest.raises(ValueError, match="rate_limit_auth") as error:
+        Settings()
+    assert "is not a rate limit such as '10/minute'" in str(error.value)
