@@ -8,21 +8,24 @@ Schemathesis reaches an ASGI app through its own client: every request, and the 
 lifespan, run on one event loop in one background thread. Loading the schema starts
 the lifespan there (migrations, then the first admin), so the database connections are
 used only on the loop that opened them. Schemathesis's pytest plugin ends every
-lifespan after each test, and a request made later starts it again on the same loop,
-on the same database file.
+lifespan after each test, and the next request starts it again on the same loop, on
+the same database file.
 
-Each operation gets generated requests, valid and invalid, sent with the admin's
-bearer token; ``ignored_auth`` sends them again with no and with wrong credentials. A
-failure fails that operation's test with Schemathesis's report and a curl line to
-reproduce it.
+Every request carries the admin's bearer token; ``ignored_auth`` sends each request
+that succeeded again, with no credentials and with wrong ones. The stateful test
+follows the links Schemathesis infers (an API key created, then revoked). A failure
+fails the test with Schemathesis's report and a curl line to reproduce it.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -51,7 +54,15 @@ CHECKS = [
     ignored_auth,
 ]
 
+HYPOTHESIS = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
+}
+
 HOME = Path(tempfile.mkdtemp(prefix="stockade-schemathesis-")) / "home"
+# Registered before Schemathesis registers its own exit handler, so it runs after that
+# handler has stopped the app: the directory goes even when no test here was selected.
+atexit.register(shutil.rmtree, HOME.parent, ignore_errors=True)
 SETTINGS = make_settings(
     HOME,
     rate_limit_auth=UNLIMITED,
@@ -69,29 +80,51 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP).exclude(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _stop_app() -> Iterator[None]:
-    """End the app's lifespan and remove its state directory after the last test."""
-    yield
-    asgi.shutdown_lifespans()
-    shutil.rmtree(HOME.parent, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def admin_headers() -> dict[str, str]:
-    """The admin's bearer token, from a login through the same in-process client."""
+@functools.cache
+def admin_token() -> str:
+    """Log in as the admin through the same in-process client, once."""
     login = schema["/api/v1/auth/login"]["POST"]
     response = login.Case(body={"username": "admin", "password": ADMIN_PASSWORD}).call()
     assert response.status_code == 200, response.text
     token: str = response.json()["token"]
-    return bearer(token)
+    return token
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_app() -> Iterator[None]:
+    """End the app's lifespan after the last test here, whatever the plugin does."""
+    yield
+    asgi.shutdown_lifespans()
 
 
 @schema.parametrize()
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-)
-def test_api_conforms_to_its_schema(case: schemathesis.Case, admin_headers: dict[str, str]) -> None:
-    case.call_and_validate(headers=admin_headers, checks=CHECKS)
+@settings(max_examples=40, **HYPOTHESIS)
+def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
+    case.call_and_validate(headers=bearer(admin_token()), checks=CHECKS)
+
+
+class APIWorkflow(schema.as_state_machine()):
+    """Sequences of calls, each fed by an earlier response, as the admin."""
+
+    def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
+        return {"headers": bearer(admin_token())}
+
+    def validate_response(
+        self,
+        response: schemathesis.Response,
+        case: schemathesis.Case,
+        additional_checks: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        # The headers are passed on so that ignored_auth knows the token was ours.
+        case.validate_response(
+            response,
+            checks=CHECKS,
+            headers=kwargs.get("headers"),
+            transport_kwargs=kwargs,
+            recorder=self.recorder,
+        )
+
+
+TestAPIWorkflow = APIWorkflow.TestCase
+TestAPIWorkflow.settings = settings(max_examples=25, stateful_step_count=6, **HYPOTHESIS)

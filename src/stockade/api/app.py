@@ -126,5 +126,40 @@ def _openapi(app: FastAPI, routers: Sequence[APIRouter]) -> dict[str, Any]:
             operation = schema["paths"].get(route.path_format, {}).get(method.lower())
             if operation is not None:
                 operation["security"] = security
+    for path in schema["paths"].values():
+        for operation in path.values():
+            _describe_responses(operation["responses"])
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
     app.openapi_schema = schema
     return schema
+
+
+_HEADERS = {
+    "X-Request-ID": "The request's id: the client's own if it sent a sane one.",
+    "X-RateLimit-Limit": "Requests allowed in the current window.",
+    "X-RateLimit-Remaining": "Requests left in the current window.",
+    "X-RateLimit-Reset": "Unix time at which the window resets.",
+}
+
+
+def _describe_responses(responses: dict[str, Any]) -> None:
+    """Declare the headers every response carries, and give FastAPI's default 422 the
+    problem+json body the app really sends."""
+    for status, response in responses.items():
+        if status == "422":
+            response.clear()
+            response.update(errors.responses(422)[422])
+            response.pop("model")
+        headers = response.setdefault("headers", {})
+        for name, description in _HEADERS.items():
+            headers[name] = {
+                "description": description,
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        if status == "429":
+            headers["Retry-After"] = {
+                "description": "Seconds to wait before retrying.",
+                "schema": {"type": "string"},
+            }
