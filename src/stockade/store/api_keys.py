@@ -38,7 +38,7 @@ class ApiKeyStore:
         """The user's keys that have not been revoked, oldest first."""
         query = (
             api_keys.select()
-            .where(api_keys.c.user_id == user_id)
+            .where(api_keys.c.user_id == user_id, api_keys.c.revoked_at.is_(None))
             .order_by(api_keys.c.created_at, api_keys.c.id)
         )
         async with self._db.connect() as conn:

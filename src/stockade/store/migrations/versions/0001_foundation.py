@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(256), nullable=False),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_users"),
+        sa.UniqueConstraint("username", name="uq_users_username"),
     )
     op.create_table(
         "api_keys",
@@ -42,7 +43,7 @@ def upgrade() -> None:
         sa.Column("last_used_at", UTCDateTime(), nullable=True),
         sa.Column("revoked_at", UTCDateTime(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["users.id"], name="fk_api_keys_user_id_users", ondelete="RESTRICT"
+            ["user_id"], ["users.id"], name="fk_api_keys_user_id_users", ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name="pk_api_keys"),
         sa.UniqueConstraint("key_hash", name="uq_api_keys_key_hash"),
@@ -58,6 +59,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.JSON(), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_audit_log"),
     )
+    op.create_index("ix_audit_log_at", "audit_log", ["at"])
 
 
 def downgrade() -> None:
