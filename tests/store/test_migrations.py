@@ -3,10 +3,8 @@ tables ``stockade.store.tables`` declares, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -16,17 +14,6 @@ from sqlalchemy.engine import Connection
 from stockade.store import Store
 from stockade.store.database import alembic_config
 from stockade.store.tables import NAMING, metadata
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """A store migrated to the head on an empty database, closed afterwards."""
-    opened = Store.from_url(database_url)
-    try:
-        await opened.open()
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def schema_diff(store: Store, target: sa.MetaData) -> list[Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -60,17 +59,6 @@ def assert_utc(value: datetime | None) -> None:
     assert value is not None
     assert value.tzinfo is not None
     assert value.utcoffset() == timedelta(0)
-
-
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
-    """A migrated store on an empty database, closed afterwards."""
-    opened = Store.from_url(database_url)
-    try:
-        await opened.open()
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture
