@@ -295,7 +295,7 @@ def run_wrk(
 # -- the report -------------------------------------------------------------------------------
 
 
-def conditions(args: argparse.Namespace) -> list[str]:
+def conditions(args: argparse.Namespace, load: tuple[float, float]) -> list[str]:
     return [
         f"server: one uvicorn process, 1 worker, default loop/http (uvloop/httptools), "
         f"--no-access-log, log level {LOG_LEVEL!r} (Stockade writes no access log lines)",
@@ -305,10 +305,13 @@ def conditions(args: argparse.Namespace) -> list[str]:
         f"(+{args.warmup}s unrecorded warm-up per endpoint)",
         f"machine: {os.cpu_count()} CPU cores shared by wrk and the server; absolute numbers "
         "are lower than on a machine where the load generator has its own cores",
+        f"machine load: 1-min load average {load[0]:.2f} before the run, {load[1]:.2f} at its end "
+        f"(above ~{os.cpu_count() or 1} means other processes competed for the cores; rerun "
+        "on a quiet machine for stable numbers)",
     ]
 
 
-def print_table(results: list[Result], args: argparse.Namespace) -> None:
+def print_table(results: list[Result], args: argparse.Namespace, load: tuple[float, float]) -> None:
     header = f"{'name':<8} {'path':<18} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"
     header += f" {'non-2xx':>8} {'sock err':>8} {'x floor':>8}"
     print(header)
@@ -319,7 +322,7 @@ def print_table(results: list[Result], args: argparse.Namespace) -> None:
             f"{r.p99_ms:>8.2f} {r.non_2xx_3xx:>8d} {r.socket_errors:>8d} {r.ratio_to_floor:>8.2f}"
         )
     print()
-    for line in conditions(args):
+    for line in conditions(args, load):
         print(f"note: {line}")
     print()
     print(verdict(results))
@@ -348,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which(args.wrk) is None:
         note(f"error: {args.wrk!r} not found (Debian: apt-get install -y wrk)")
         return 2
+    # Ctrl-C and SIGTERM both unwind through the `finally` that stops the server (SIGINT
+    # explicitly, in case this process was started with it ignored, as `cmd &` does).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(prefix="stockade-bench-") as tmp:
         home = Path(tmp) / "home"
@@ -386,21 +393,23 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         finally:
             stop_server(process)
+            # uvicorn re-raises the SIGTERM it handled, so -15 is a clean shutdown.
             note(f"server stopped (exit code {process.returncode})")
 
+    load = (load_before, os.getloadavg()[0])
     floor = results[0].requests_per_second
     for r in results:
         r.ratio_to_floor = r.requests_per_second / floor if floor else 0.0
     if args.json:
         payload = {
-            "conditions": conditions(args),
+            "conditions": conditions(args, load),
             "results": [asdict(r) for r in results],
             "verdict": verdict(results),
             "server_log": server_log,
         }
         print(json.dumps(payload, indent=2))
     else:
-        print_table(results, args)
+        print_table(results, args, load)
         if server_log:
             print(f"\nserver output (log level {LOG_LEVEL}):\n{server_log}")
     return 0
