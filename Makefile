@@ -35,7 +35,7 @@ test: lint typecheck
 	scripts/with-postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: install
-	$(BIN)/python bench/http.py
+	$(BIN)/python bench/api.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

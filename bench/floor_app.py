@@ -1,9 +1,9 @@
-"""The app ``bench/http.py`` serves: Stockade's real app plus a bare FastAPI "floor".
+"""The app ``bench/api.py`` serves: Stockade's real app plus a bare FastAPI "floor".
 
 Requests whose path starts with ``/__floor`` go to a bare ``FastAPI()`` with one
 hello-world route (no middleware, no dependencies); everything else, and the lifespan
 (migrations, first admin), goes to ``stockade.api.app.create_app(Settings())``.
-Settings come from the ``STOCKADE_*`` variables ``bench/http.py`` sets.
+Settings come from the ``STOCKADE_*`` variables ``bench/api.py`` sets.
 
 Not a test and not part of the package. uvicorn loads it with
 ``--app-dir bench --factory floor_app:build``.

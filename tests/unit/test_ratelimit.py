@@ -46,13 +46,13 @@ def test_unmatched_requests_are_other() -> None:
     assert category_of("POST", None) == "other"
 
 
-def test_windows_are_per_key_and_report_the_category(tmp_path: Path) -> None:
+async def test_windows_are_per_key_and_report_the_category(tmp_path: Path) -> None:
     limiter = RateLimiter(Settings(home=tmp_path, rate_limit_exec="2/minute"))
-    first = limiter.hit("exec", "user:a", per_token=True)
+    first = await limiter.hit("exec", "user:a", per_token=True)
     assert (first.limit, first.remaining) == (2, 1)
-    limiter.hit("exec", "user:a")
+    await limiter.hit("exec", "user:a")
     with pytest.raises(RateLimitExceeded) as refused:
-        limiter.hit("exec", "user:a")
+        await limiter.hit("exec", "user:a")
     assert refused.value.quota.remaining == 0
     assert refused.value.retry_after >= 1
-    assert limiter.hit("exec", "user:b").remaining == 1
+    assert (await limiter.hit("exec", "user:b")).remaining == 1

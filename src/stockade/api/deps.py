@@ -23,14 +23,11 @@ from stockade.services.principal import Principal
 WS_AUTH_PROTOCOL = "Authorization"
 
 
-def get_services(conn: HTTPConnection) -> Services:
+# These are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker
+# thread, which costs more than the lookup itself.
+async def get_services(conn: HTTPConnection) -> Services:
     services: Services = conn.app.state.services
     return services
-
-
-def get_limiter(conn: HTTPConnection) -> RateLimiter:
-    limiter: RateLimiter = conn.app.state.limiter
-    return limiter
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
@@ -50,8 +47,8 @@ def authorization_of(conn: HTTPConnection) -> str | None:
 
 async def identify(conn: HTTPConnection) -> None:
     """Resolve the caller, if credentials were sent, and charge the rate limit."""
-    services = get_services(conn)
-    limiter = get_limiter(conn)
+    services: Services = conn.app.state.services
+    limiter: RateLimiter = conn.app.state.limiter
     state = conn.scope["state"]
     address = f"ip:{client_address(conn.scope)}"
     principal: Principal | None = None
@@ -63,12 +60,12 @@ async def identify(conn: HTTPConnection) -> None:
             except AuthenticationFailed as exc:
                 state["auth_error"] = exc
                 # Guessing credentials costs from the same budget as logging in.
-                state["rate_quota"] = limiter.hit("auth", address)
+                state["rate_quota"] = await limiter.hit("auth", address)
         state["principal"] = principal
         state["principal_id"] = principal.user_id if principal else None
         category = category_of(conn.scope.get("method", "GET"), conn.scope.get("route"))
         key = principal.rate_key if principal else address
-        state["rate_quota"] = limiter.hit(category, key, per_token=principal is not None)
+        state["rate_quota"] = await limiter.hit(category, key, per_token=principal is not None)
     except RateLimitExceeded as exc:
         state["rate_quota"] = exc.quota
         services.metrics.rate_limited.labels(exc.category).inc()

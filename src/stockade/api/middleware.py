@@ -57,7 +57,7 @@ class RequestContext:
                 status[0] = message["status"]
                 out = MutableHeaders(scope=message)
                 out["x-request-id"] = request_id
-                quota: Quota = state.get("rate_quota") or self.limiter.peek(
+                quota: Quota = state.get("rate_quota") or await self.limiter.peek(
                     "other", f"ip:{client_address(scope)}"
                 )
                 for name, value in quota.headers():

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from limits import RateLimitItem, parse_many
+from limits.aio.strategies import FixedWindowRateLimiter
 from limits.storage import storage_from_string
-from limits.strategies import SlidingWindowCounterRateLimiter
 from starlette.routing import BaseRoute
 
 from stockade.errors import RateLimited
@@ -31,7 +31,12 @@ class Quota:
 
     limit: int
     remaining: int
-    reset: int
+    reset_at: float
+
+    @property
+    def reset(self) -> int:
+        """The Unix time (whole seconds) at which the window resets."""
+        return math.ceil(self.reset_at)
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
@@ -45,7 +50,7 @@ class RateLimitExceeded(RateLimited):
     """Rate limit exceeded; retry after the time in Retry-After."""
 
     def __init__(self, category: str, quota: Quota) -> None:
-        retry = max(1, math.ceil(quota.reset - time.time()))
+        retry = max(1, math.ceil(quota.reset_at - time.time()))
         super().__init__(
             f"Rate limit for {category} requests exceeded; retry in {retry} s", retry_after=retry
         )
@@ -70,9 +75,10 @@ class RateLimiter:
 
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
-        self._limiter = SlidingWindowCounterRateLimiter(
-            storage_from_string(settings.rate_limit_storage)
-        )
+        uri = settings.rate_limit_storage
+        # The asyncio flavour of each storage: no threads, no blocking the event loop.
+        uri = uri if uri.startswith("async+") else f"async+{uri}"
+        self._limiter = FixedWindowRateLimiter(storage_from_string(uri))
         self._categories: dict[str, list[RateLimitItem]] = {
             "auth": parse_many(settings.rate_limit_auth),
             "creation": parse_many(settings.rate_limit_creation),
@@ -81,7 +87,7 @@ class RateLimiter:
         }
         self._token = parse_many(settings.rate_limit_token)
 
-    def hit(self, category: Category, key: str, *, per_token: bool = False) -> Quota:
+    async def hit(self, category: Category, key: str, *, per_token: bool = False) -> Quota:
         """Charge one request; RateLimitExceeded when a window is full.
 
         The quota returned (and reported in the headers) is the category's first window,
@@ -92,22 +98,18 @@ class RateLimiter:
         ]
         if per_token:
             items += [("token", item) for item in self._token]
-        reported: Quota | None = None
+        first_scope, first = items[0]
+        if not self.enabled:
+            return Quota(first.amount, first.amount, time.time() + first.get_expiry())
         for scope, item in items:
-            if not self.enabled:
-                return Quota(item.amount, item.amount, math.ceil(time.time()) + item.get_expiry())
-            allowed = self._limiter.hit(item, scope, key)
-            quota = self._quota(item, scope, key)
-            if not allowed:
-                raise RateLimitExceeded(category, quota)
-            reported = reported or quota
-        assert reported is not None  # every category has at least one limit
-        return reported
+            if not await self._limiter.hit(item, scope, key):
+                raise RateLimitExceeded(category, await self._quota(item, scope, key))
+        return await self._quota(first, first_scope, key)
 
-    def peek(self, category: Category, key: str) -> Quota:
+    async def peek(self, category: Category, key: str) -> Quota:
         """The quota without charging, for responses no route handled."""
-        return self._quota(self._categories[category][0], category, key)
+        return await self._quota(self._categories[category][0], category, key)
 
-    def _quota(self, item: RateLimitItem, scope: str, key: str) -> Quota:
-        stats = self._limiter.get_window_stats(item, scope, key)
-        return Quota(item.amount, max(0, stats.remaining), math.ceil(stats.reset_time))
+    async def _quota(self, item: RateLimitItem, scope: str, key: str) -> Quota:
+        stats = await self._limiter.get_window_stats(item, scope, key)
+        return Quota(item.amount, max(0, stats.remaining), stats.reset_time)

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
+import re
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cachetools import TTLCache
+
 from stockade.errors import AuthenticationFailed, InvalidInput, NotFound, PermissionDenied
 from stockade.events import EventBus
+from stockade.services.cache import RecordCache
 from stockade.services.passwords import Passwords
 from stockade.services.principal import Permission, Principal, Role
 from stockade.services.tokens import IssuedToken, Tokens
@@ -27,7 +30,12 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 # HTTP Basic sends the password on every request, and argon2 costs tens of ms by design:
 # remember a verified pair briefly, keyed by an HMAC so the memory holds no password.
 BASIC_CACHE_SECONDS = 60.0
-BASIC_CACHE_SIZE = 1024
+# Users and keys are read on every request. They are kept this long in memory: a change
+# made through this daemon takes effect at once, one made through another replica
+# sharing the database within this many seconds.
+RECORD_CACHE_SECONDS = 5.0
+CACHE_SIZE = 4096
+_WHITESPACE = re.compile(r"\s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +63,23 @@ class AuthService:
         self._tokens = tokens
         self._events = events
         self._cache_key = secret.encode()
-        self._basic_cache: OrderedDict[bytes, tuple[float, str]] = OrderedDict()
+        self._basic: TTLCache[bytes, str] = TTLCache(CACHE_SIZE, BASIC_CACHE_SECONDS)
+        self._users: RecordCache[str, User | None] = RecordCache(CACHE_SIZE, RECORD_CACHE_SECONDS)
+        self._keys: RecordCache[str, ApiKey | None] = RecordCache(CACHE_SIZE, RECORD_CACHE_SECONDS)
+
+    async def user(self, user_id: str) -> User | None:
+        """The user with this id, from a short-lived cache in front of the store."""
+        return await self._users.get(user_id, self._store.users.get)
+
+    async def current_user(self, principal: Principal) -> User:
+        """The caller's own account."""
+        user = await self.user(principal.user_id)
+        if user is None:
+            raise NotFound(f"User {principal.user_id} does not exist")
+        return user
+
+    async def _key(self, key_hash: str) -> ApiKey | None:
+        return await self._keys.get(key_hash, self._store.api_keys.get_by_hash)
 
     # -- logins ---------------------------------------------------------------------------
 
@@ -86,7 +110,7 @@ class AuthService:
             raise AuthenticationFailed()
         scheme, _, credential = authorization.strip().partition(" ")
         credential = credential.strip()
-        if not credential or any(c.isspace() for c in credential):
+        if not credential or _WHITESPACE.search(credential):
             raise AuthenticationFailed("Malformed Authorization header")
         match scheme.lower():
             case "bearer" if credential.startswith(KEY_PREFIX):
@@ -99,7 +123,7 @@ class AuthService:
                 raise AuthenticationFailed(f"Unsupported authorization scheme {scheme[:16]!r}")
 
     async def authenticate_token(self, token: str) -> Principal:
-        user = await self._store.users.get(self._tokens.subject(token))
+        user = await self.user(self._tokens.subject(token))
         if user is None:
             raise AuthenticationFailed("Invalid token")
         return Principal(user.id, user.username, Role(user.role), "jwt")
@@ -113,24 +137,20 @@ class AuthService:
         if not sep:
             raise AuthenticationFailed("Malformed Basic credentials")
         fingerprint = hmac.digest(self._cache_key, decoded.encode(), "sha256")
-        cached = self._basic_cache.get(fingerprint)
-        if cached and cached[0] > time.monotonic():
-            user = await self._store.users.get(cached[1])
+        user_id = self._basic.get(fingerprint)
+        if user_id is not None:
+            user = await self.user(user_id)
         else:
             user = await self._check_password(username, password)
             if user is not None:
-                self._remember_basic(fingerprint, user.id)
+                self._basic[fingerprint] = user.id
         if user is None:
             raise AuthenticationFailed("Invalid username or password")
         return Principal(user.id, user.username, Role(user.role), "basic")
 
-    def _remember_basic(self, fingerprint: bytes, user_id: str) -> None:
-        self._basic_cache[fingerprint] = (time.monotonic() + BASIC_CACHE_SECONDS, user_id)
-        while len(self._basic_cache) > BASIC_CACHE_SIZE:
-            self._basic_cache.popitem(last=False)
-
     async def authenticate_key(self, key: str) -> Principal:
-        record = await self._store.api_keys.get_by_hash(hash_key(key))
+        key_hash = hash_key(key)
+        record = await self._key(key_hash)
         now = datetime.now(UTC)
         if record is None:
             raise AuthenticationFailed("Invalid API key")
@@ -138,11 +158,12 @@ class AuthService:
             raise AuthenticationFailed("API key has been revoked")
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthenticationFailed("API key has expired")
-        user = await self._store.users.get(record.user_id)
+        user = await self.user(record.user_id)
         if user is None:
             raise AuthenticationFailed("Invalid API key")
         if record.last_used_at is None or now - record.last_used_at >= LAST_USED_RESOLUTION:
             await self._store.api_keys.touch(record.id, now)
+            self._keys.put(key_hash, dataclasses.replace(record, last_used_at=now))
         permissions = (
             {p["environment_id"]: Permission(p["permission"]) for p in record.permissions}
             if record.permissions
@@ -193,6 +214,7 @@ class AuthService:
         self._require_unrestricted(principal)
         if not await self._store.api_keys.revoke(key_id, principal.user_id, datetime.now(UTC)):
             raise NotFound(f"API key {key_id} does not exist")
+        self._keys.clear()  # the cache is keyed by hash, which a revoke does not name
         await self._store.audit.append("apikey.revoke", actor=principal.user_id, target=key_id)
         self._events.publish("apikey.revoked", {"id": key_id}, owner=principal.user_id)
 

@@ -15,6 +15,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from stockade.store import Store
 from stockade.version import __version__
 
+# A load balancer may poll /health many times a second; the database is probed at most
+# this often, and the answer reused in between.
+PROBE_SECONDS = 1.0
+
 # Later parts of the daemon register how many sandboxes are live and which backend
 # serves them; until then the daemon has none.
 ActiveCount = Callable[[], Awaitable[int]]
@@ -42,6 +46,8 @@ class HealthService:
         self._llm = llm
         self.backend = "none (sandbox backends are not configured in this build)"
         self.active_sandboxes: ActiveCount | None = None
+        self._probed_at = -PROBE_SECONDS
+        self._database = "unknown"
 
     @property
     def uptime_seconds(self) -> float:
@@ -49,11 +55,7 @@ class HealthService:
 
     async def check(self) -> Health:
         """Probe the database and describe the daemon and the machine."""
-        try:
-            await self._store.db.ping()
-            database = "ok"
-        except (SQLAlchemyError, OSError) as exc:
-            database = f"error: {type(exc).__name__}"
+        database = await self._probe_database()
         memory = psutil.virtual_memory()
         active = await self.active_sandboxes() if self.active_sandboxes else 0
         return Health(
@@ -77,3 +79,16 @@ class HealthService:
                 "available_memory": _gibibytes(memory.available),
             },
         )
+
+    async def _probe_database(self) -> str:
+        if time.monotonic() - self._probed_at < PROBE_SECONDS:
+            return self._database
+        # Claim the probe before awaiting it: concurrent callers reuse the last answer.
+        self._probed_at = time.monotonic()
+        try:
+            await self._store.db.ping()
+            self._database = "ok"
+        except (SQLAlchemyError, OSError) as exc:
+            self._database = f"error: {type(exc).__name__}"
+        self._probed_at = time.monotonic()
+        return self._database

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import jwt
+from cachetools import TTLCache
 
 from stockade.errors import AuthenticationFailed
 
 ISSUER = "stockade"
 ALGORITHM = "HS256"
+# Checking a signature costs ~100 µs; a token seen in the last minute is trusted until
+# its own expiry without checking it again.
+VERIFIED_CACHE_SECONDS = 60.0
+VERIFIED_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +35,9 @@ class Tokens:
             raise ValueError("the JWT secret must be at least 32 characters")
         self._secret = secret
         self._ttl = ttl
+        self._verified: TTLCache[str, tuple[str, float]] = TTLCache(
+            VERIFIED_CACHE_SIZE, VERIFIED_CACHE_SECONDS
+        )
 
     def issue(self, user_id: str, *, now: datetime | None = None) -> IssuedToken:
         issued = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -44,6 +53,12 @@ class Tokens:
 
     def subject(self, token: str) -> str:
         """The user id a valid token was issued to; AuthenticationFailed otherwise."""
+        verified = self._verified.get(token)
+        if verified is not None:
+            subject, expires = verified
+            if expires <= time.time():
+                raise AuthenticationFailed("Token has expired")
+            return subject
         try:
             claims = jwt.decode(
                 token,
@@ -56,4 +71,6 @@ class Tokens:
             raise AuthenticationFailed("Token has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthenticationFailed("Invalid token") from exc
-        return str(claims["sub"])
+        subject = str(claims["sub"])
+        self._verified[token] = (subject, float(claims["exp"]))
+        return subject

@@ -84,7 +84,7 @@ router.add_api_route(
     summary="The current user",
 )
 async def me(principal: CurrentPrincipal, services: ServicesDep) -> MeOut:
-    user = await services.users.get(principal.user_id)
+    user = await services.auth.current_user(principal)
     return MeOut(
         **UserOut.of(user).model_dump(), auth_method=principal.method, api_key_id=principal.key_id
     )

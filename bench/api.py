@@ -2,7 +2,7 @@
 
 Not a test: a benchmark to run by hand.
 
-    .venv/bin/python bench/http.py [--duration 10] [--threads 2] [--connections 32] [--json]
+    .venv/bin/python bench/api.py [--duration 10] [--threads 2] [--connections 32] [--json]
 
 It starts ONE uvicorn process (one worker, default loop and http, --no-access-log) on a
 free loopback port, serving ``bench/floor_app.py``: ``/__floor/hello`` is a bare
@@ -16,32 +16,26 @@ the server at the end.
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
-# This file is called http.py and Python puts its directory first on sys.path, where it
-# would shadow the standard library's `http` package (urllib, httpx...). Drop it.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != _HERE]
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import secrets  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import urllib.error  # noqa: E402
-import urllib.request  # noqa: E402
-from dataclasses import asdict, dataclass  # noqa: E402
-from pathlib import Path  # noqa: E402
-from types import FrameType  # noqa: E402
-from typing import Any  # noqa: E402
-
-ROOT = Path(_HERE).parent
+ROOT = Path(__file__).resolve().parents[1]
 HIGH_LIMIT = "100000000/minute"
 LOG_LEVEL = "warning"
 TARGET_RATIO = 0.50
@@ -146,7 +140,7 @@ def server_env(home: Path, admin_password: str) -> dict[str, str]:
 
 def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     # `python -m` puts the repository root (cwd) on sys.path, so `bench.floor_app` imports
-    # as a namespace package and bench/http.py never shadows the stdlib `http`.
+    # as a namespace package and bench/api.py never shadows the stdlib `http`.
     command = [
         sys.executable,
         "-m",
