@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument(
-        "--duration", type=int, default=10, help="seconds of wrk per endpoint (wrk -d)"
+        "--duration", type=int, default=10, help="seconds of wrk per endpoint, over all rounds"
     )
     parser.add_argument(
         "--warmup",
@@ -86,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds of unrecorded wrk per endpoint before the measured run (0: none)",
     )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (wrk -t)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=5,
+        help="split each endpoint's --duration into this many interleaved rounds; "
+        "the table shows medians over the rounds",
+    )
     parser.add_argument(
         "--connections", type=int, default=32, help="open HTTP connections in wrk (wrk -c)"
     )
@@ -265,6 +273,33 @@ def parse_wrk(output: str, endpoint: Endpoint) -> Result:
     )
 
 
+def combine(rounds: list[list[Result]]) -> list[Result]:
+    """Per endpoint: the median of each figure over the rounds, the errors summed, and
+    the median of the per-round ratios to the floor measured in the same round."""
+    combined = []
+    for i, first in enumerate(rounds[0]):
+        runs = [round_[i] for round_ in rounds]
+        ratios = [
+            run.requests_per_second / round_[0].requests_per_second
+            for run, round_ in zip(runs, rounds, strict=True)
+            if round_[0].requests_per_second
+        ]
+        combined.append(
+            Result(
+                name=first.name,
+                path=first.path,
+                requests_per_second=statistics.median(r.requests_per_second for r in runs),
+                p50_ms=statistics.median(r.p50_ms for r in runs),
+                p99_ms=statistics.median(r.p99_ms for r in runs),
+                requests=sum(r.requests for r in runs),
+                non_2xx_3xx=sum(r.non_2xx_3xx for r in runs),
+                socket_errors=sum(r.socket_errors for r in runs),
+                ratio_to_floor=statistics.median(ratios) if ratios else 0.0,
+            )
+        )
+    return combined
+
+
 def run_wrk(
     args: argparse.Namespace, base: str, endpoint: Endpoint, token: str, seconds: int
 ) -> str:
@@ -295,8 +330,9 @@ def conditions(args: argparse.Namespace, load: tuple[float, float]) -> list[str]
         f"--no-access-log, log level {LOG_LEVEL!r} (Stockade writes no access log lines)",
         f"rate limiter: enabled, every category and the per-token ceiling at {HIGH_LIMIT} "
         "(its cost is measured, 429s are not)",
-        f"wrk: -t{args.threads} -c{args.connections} -d{args.duration}s --latency "
-        f"(+{args.warmup}s unrecorded warm-up per endpoint)",
+        f"wrk: -t{args.threads} -c{args.connections} --latency, {args.duration}s per endpoint "
+        f"in {args.rounds} interleaved rounds (medians shown; x floor is the median of the "
+        f"per-round ratios), +{args.warmup}s unrecorded warm-up per endpoint",
         f"machine: {os.cpu_count()} CPU cores shared by wrk and the server; absolute numbers "
         "are lower than on a machine where the load generator has its own cores",
         f"machine load: 1-min load average {load[0]:.2f} before the run, {load[1]:.2f} at its end "
@@ -368,14 +404,20 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 if status != 200:
                     raise RuntimeError(f"{endpoint.path} answered {status}: {body[:500]!r}")
-            results: list[Result] = []
             for endpoint in ENDPOINTS:
                 if args.warmup > 0:
                     note(f"warming up {endpoint.path} for {args.warmup}s")
                     run_wrk(args, base, endpoint, token, args.warmup)
-                note(f"measuring {endpoint.path} for {args.duration}s")
-                output = run_wrk(args, base, endpoint, token, args.duration)
-                results.append(parse_wrk(output, endpoint))
+            # Interleave the endpoints in short rounds, so that a noisy neighbour slows the
+            # floor and Stockade alike, and report medians over the rounds.
+            seconds = max(1, round(args.duration / args.rounds))
+            rounds: list[list[Result]] = []
+            for number in range(1, args.rounds + 1):
+                note(f"round {number}/{args.rounds}: {seconds}s per endpoint")
+                rounds.append(
+                    [parse_wrk(run_wrk(args, base, e, token, seconds), e) for e in ENDPOINTS]
+                )
+            results = combine(rounds)
             if process.poll() is not None:
                 raise RuntimeError(f"server died during the run:\n{log.read_text()[-4000:]}")
             server_log = log.read_text(errors="replace").strip()
@@ -391,9 +433,6 @@ def main(argv: list[str] | None = None) -> int:
             note(f"server stopped (exit code {process.returncode})")
 
     load = (load_before, os.getloadavg()[0])
-    floor = results[0].requests_per_second
-    for r in results:
-        r.ratio_to_floor = r.requests_per_second / floor if floor else 0.0
     if args.json:
         payload = {
             "conditions": conditions(args, load),

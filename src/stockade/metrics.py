@@ -43,10 +43,27 @@ class Metrics:
             "Open SSE and WebSocket event streams.",
             registry=self.registry,
         )
+        self._request_counters: dict[tuple[str, str, int], Counter] = {}
+        self._latency_children: dict[tuple[str, str], Histogram] = {}
         info = Gauge(
             "stockade_build_info", "Stockade's version.", ["version"], registry=self.registry
         )
         info.labels(version=__version__).set(1)
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one HTTP request and its latency. Label children are kept, because
+        looking them up through ``labels()`` takes a lock on every request."""
+        key = (method, route, status)
+        counter = self._request_counters.get(key)
+        if counter is None:
+            counter = self._request_counters[key] = self.http_requests.labels(
+                method, route, str(status)
+            )
+        counter.inc()
+        histogram = self._latency_children.get(key[:2])
+        if histogram is None:
+            histogram = self._latency_children[key[:2]] = self.http_latency.labels(method, route)
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -1,7 +1,8 @@
 """Dependencies every route uses: who is asking, and the services to ask.
 
-``identify`` runs first on every route (it is an app-wide dependency): it resolves the
-credentials, if any, and charges the rate limit. Routes that need a caller declare a
+``identify`` runs first on every route (``api/routing.py`` calls it before the route's
+handler; WebSocket routes declare it as a dependency): it resolves the credentials, if
+any, and charges the rate limit. Routes that need a caller declare a
 ``CurrentPrincipal`` parameter, which turns a missing or bad credential into 401.
 """
 

@@ -9,7 +9,6 @@ import time
 import uuid
 from typing import Any
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockade.api.errors import problem
@@ -55,13 +54,14 @@ class RequestContext:
         async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                out = MutableHeaders(scope=message)
-                out["x-request-id"] = request_id
                 quota: Quota = state.get("rate_quota") or await self.limiter.peek(
                     "other", f"ip:{client_address(scope)}"
                 )
-                for name, value in quota.headers():
-                    out[name.decode()] = value.decode()
+                out = list(message.get("headers", ()))
+                if not any(name == b"x-request-id" for name, _ in out):
+                    out.append((b"x-request-id", request_id.encode()))
+                out.extend(quota.headers())
+                message["headers"] = out
             elif message["type"] == "websocket.accept":
                 status[0] = 101
             elif message["type"] == "websocket.close" and status[0] == 500:
@@ -130,8 +130,7 @@ class RequestContext:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "WS")
-        self.metrics.http_requests.labels(method, template, str(status)).inc()
-        self.metrics.http_latency.labels(method, template).observe(seconds)
+        self.metrics.observe_request(method, template, status, seconds)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "%s %s %d %.1fms",

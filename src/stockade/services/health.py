@@ -15,8 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from stockade.store import Store
 from stockade.version import __version__
 
-# A load balancer may poll /health many times a second; the database is probed at most
-# this often, and the answer reused in between.
+# A load balancer may poll /health many times a second; the database and the machine's
+# memory are probed at most this often, and the answers reused in between.
 PROBE_SECONDS = 1.0
 
 # Later parts of the daemon register how many sandboxes are live and which backend
@@ -48,6 +48,7 @@ class HealthService:
         self.active_sandboxes: ActiveCount | None = None
         self._probed_at = -PROBE_SECONDS
         self._database = "unknown"
+        self._available_memory = "unknown"
 
     @property
     def uptime_seconds(self) -> float:
@@ -56,7 +57,6 @@ class HealthService:
     async def check(self) -> Health:
         """Probe the database and describe the daemon and the machine."""
         database = await self._probe_database()
-        memory = psutil.virtual_memory()
         active = await self.active_sandboxes() if self.active_sandboxes else 0
         return Health(
             status="healthy" if database == "ok" else "unhealthy",
@@ -76,7 +76,7 @@ class HealthService:
             capacity={
                 "total_nodes": 1,
                 "available_cpu": str(os.cpu_count() or 1),
-                "available_memory": _gibibytes(memory.available),
+                "available_memory": self._available_memory,
             },
         )
 
@@ -85,6 +85,7 @@ class HealthService:
             return self._database
         # Claim the probe before awaiting it: concurrent callers reuse the last answer.
         self._probed_at = time.monotonic()
+        self._available_memory = _gibibytes(psutil.virtual_memory().available)
         try:
             await self._store.db.ping()
             self._database = "ok"

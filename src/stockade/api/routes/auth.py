@@ -86,7 +86,13 @@ router.add_api_route(
 async def me(principal: CurrentPrincipal, services: ServicesDep) -> MeOut:
     user = await services.auth.current_user(principal)
     return MeOut(
-        **UserOut.of(user).model_dump(), auth_method=principal.method, api_key_id=principal.key_id
+        id=user.id,
+        username=user.username,
+        email=user.email,
+        role=user.role,
+        created_at=user.created_at,
+        auth_method=principal.method,
+        api_key_id=principal.key_id,
     )
 
 
