@@ -7,17 +7,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.dependencies.models import Dependant
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, APIWebSocketRoute
 
 from stockade.api import errors
-from stockade.api.deps import identify, require_principal
+from stockade.api.deps import identify
 from stockade.api.middleware import RequestContext
 from stockade.api.ratelimit import RateLimiter
 from stockade.api.routes import api_keys, auth, events, health
-from stockade.api.routing import StockadeRoute
+from stockade.api.routing import StockadeRoute, needs_principal
 from stockade.services import Services
 from stockade.settings import Settings
 from stockade.version import __version__
@@ -143,10 +142,6 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
             raise TypeError(f"unexpected route type {type(route).__name__}")
 
 
-def _needs_auth(dependant: Dependant) -> bool:
-    return any(d.call is require_principal or _needs_auth(d) for d in dependant.dependencies)
-
-
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema, with the security each route really enforces."""
     if app.openapi_schema:
@@ -162,7 +157,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         if isinstance(route, APIWebSocketRoute) or not isinstance(route, APIRoute):
             continue
         security: list[dict[str, list[str]]] = (
-            [{"bearerAuth": []}, {"basicAuth": []}] if _needs_auth(route.dependant) else []
+            [{"bearerAuth": []}, {"basicAuth": []}] if needs_principal(route.dependant) else []
         )
         for method in route.methods or ():
             operation = schema["paths"].get(route.path_format, {}).get(method.lower())

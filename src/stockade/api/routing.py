@@ -13,19 +13,28 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from stockade.api.deps import identify
+from stockade.api.deps import identify, require_principal
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def needs_principal(dependant: Dependant) -> bool:
+    """Whether a route (or any dependency of it) asks for ``CurrentPrincipal``."""
+    return any(d.call is require_principal or needs_principal(d) for d in dependant.dependencies)
 
 
 class StockadeRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         handle = super().get_route_handler()
+        protected = needs_principal(self.dependant)
 
         async def identified(request: Request) -> Response:
             await identify(request)
+            if protected:
+                await require_principal(request)
             return await handle(request)
 
         return identified
