@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from stockade.api.deps import PUBLIC
 from stockade.testing import TestApp, bearer, make_settings, running_app
 from tests.problems import assert_problem
 
@@ -133,7 +134,7 @@ async def test_500_carries_a_request_id_that_is_logged(
         async def explode() -> None:
             raise RuntimeError("secret internals")
 
-        app.app.add_api_route("/explode", explode)
+        app.app.add_api_route("/explode", explode, openapi_extra=PUBLIC)
         caplog.set_level(logging.ERROR, logger="stockade.api")
         transport = httpx.ASGITransport(app=app.app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -46,8 +46,10 @@ def test_unmatched_requests_are_other() -> None:
     assert category_of("POST", None) == "other"
 
 
-async def test_windows_are_per_key_and_report_the_category(tmp_path: Path) -> None:
-    limiter = RateLimiter(Settings(home=tmp_path, rate_limit_exec="2/minute"))
+@pytest.mark.parametrize("storage", ["memory://", "async+memory://"])
+async def test_windows_are_per_key_and_report_the_category(tmp_path: Path, storage: str) -> None:
+    settings = Settings(home=tmp_path, rate_limit_exec="2/minute", rate_limit_storage=storage)
+    limiter = RateLimiter(settings)
     first = await limiter.hit("exec", "user:a", per_token=True)
     assert (first.limit, first.remaining) == (2, 1)
     await limiter.hit("exec", "user:a")

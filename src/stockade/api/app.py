@@ -8,15 +8,18 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from starlette.requests import Request
 
 from stockade.api import errors
-from stockade.api.deps import identify
+from stockade.api.deps import identify, is_public, require_principal
 from stockade.api.middleware import RequestContext
 from stockade.api.ratelimit import RateLimiter
 from stockade.api.routes import api_keys, auth, events, health
-from stockade.api.routing import StockadeRoute, needs_principal
+from stockade.api.routing import StockadeRoute
 from stockade.services import Services
 from stockade.settings import Settings
 from stockade.version import __version__
@@ -68,6 +71,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Declared after the API's own routes (below): routing tries routes in order, and
+        # every API request would otherwise try the documentation's paths first.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.router.route_class = StockadeRoute
     app.state.settings = settings
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     errors.install(app)
     for module in (health, auth, api_keys, events):
         _add_routes(app, module.router)
+    _add_documentation(app)
 
     app.add_middleware(
         RequestContext,
@@ -136,10 +145,27 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
                 route.path,
                 route.endpoint,
                 name=route.name,
-                dependencies=[Depends(identify), *route.dependencies],
+                dependencies=[
+                    Depends(identify),
+                    *([] if is_public(route) else [Depends(require_principal)]),
+                    *route.dependencies,
+                ],
             )
         else:
             raise TypeError(f"unexpected route type {type(route).__name__}")
+
+
+def _add_documentation(app: FastAPI) -> None:
+    """``/openapi.json`` and ``/docs`` (Swagger UI), public, as FastAPI would add them."""
+
+    async def openapi(_: Request) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    async def docs(_: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Stockade API")
+
+    app.add_route("/openapi.json", openapi, include_in_schema=False)
+    app.add_route("/docs", docs, include_in_schema=False)
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
@@ -157,7 +183,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
         if isinstance(route, APIWebSocketRoute) or not isinstance(route, APIRoute):
             continue
         security: list[dict[str, list[str]]] = (
-            [{"bearerAuth": []}, {"basicAuth": []}] if needs_principal(route.dependant) else []
+            [{"bearerAuth": []}, {"basicAuth": []}] if not is_public(route) else []
         )
         for method in route.methods or ():
             operation = schema["paths"].get(route.path_format, {}).get(method.lower())

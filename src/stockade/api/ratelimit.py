@@ -13,8 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from limits import RateLimitItem, parse_many
-from limits.aio.strategies import FixedWindowRateLimiter
+from limits import RateLimitItem, WindowStats, aio, parse_many, strategies
 from limits.storage import storage_from_string
 from starlette.routing import BaseRoute
 
@@ -76,9 +75,16 @@ class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
         uri = settings.rate_limit_storage
-        # The asyncio flavour of each storage: no threads, no blocking the event loop.
-        uri = uri if uri.startswith("async+") else f"async+{uri}"
-        self._limiter = FixedWindowRateLimiter(storage_from_string(uri))
+        # In memory, the plain storage: the asyncio one schedules an expiry task that
+        # walks every key on each request, while the plain one sweeps every 10 ms from a
+        # timer. Any other storage does network I/O, so its asyncio flavour is used.
+        self._memory: strategies.FixedWindowRateLimiter | None = None
+        self._remote: aio.strategies.FixedWindowRateLimiter | None = None
+        if uri.startswith("memory://"):
+            self._memory = strategies.FixedWindowRateLimiter(storage_from_string(uri))
+        else:
+            uri = uri if uri.startswith("async+") else f"async+{uri}"
+            self._remote = aio.strategies.FixedWindowRateLimiter(storage_from_string(uri))
         self._categories: dict[str, list[RateLimitItem]] = {
             "auth": parse_many(settings.rate_limit_auth),
             "creation": parse_many(settings.rate_limit_creation),
@@ -102,7 +108,7 @@ class RateLimiter:
         if not self.enabled:
             return Quota(first.amount, first.amount, time.time() + first.get_expiry())
         for scope, item in items:
-            if not await self._limiter.hit(item, scope, key):
+            if not await self._hit(item, f"{scope}|{key}"):
                 raise RateLimitExceeded(category, await self._quota(item, scope, key))
         return await self._quota(first, first_scope, key)
 
@@ -111,5 +117,17 @@ class RateLimiter:
         return await self._quota(self._categories[category][0], category, key)
 
     async def _quota(self, item: RateLimitItem, scope: str, key: str) -> Quota:
-        stats = await self._limiter.get_window_stats(item, scope, key)
+        stats = await self._stats(item, f"{scope}|{key}")
         return Quota(item.amount, max(0, stats.remaining), stats.reset_time)
+
+    async def _hit(self, item: RateLimitItem, identifier: str) -> bool:
+        if self._memory is not None:
+            return self._memory.hit(item, identifier)
+        assert self._remote is not None
+        return await self._remote.hit(item, identifier)
+
+    async def _stats(self, item: RateLimitItem, identifier: str) -> WindowStats:
+        if self._memory is not None:
+            return self._memory.get_window_stats(item, identifier)
+        assert self._remote is not None
+        return await self._remote.get_window_stats(item, identifier)

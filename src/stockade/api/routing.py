@@ -1,7 +1,8 @@
 """The route class every HTTP route of the app uses.
 
 Before FastAPI parses the body or solves any dependency, it identifies the caller and
-charges the rate limit (``deps.identify``). Doing this in the route rather than as an
+charges the rate limit (``deps.identify``), and on every route not declared public it
+refuses a request without a valid credential. Doing this in the route rather than as an
 app-wide dependency keeps the guarantee (every route, no exceptions) while skipping a
 round of FastAPI's dependency machinery on every request, and means an unauthenticated
 or rate-limited request is refused before its body is read.
@@ -13,23 +14,17 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from stockade.api.deps import identify, require_principal
+from stockade.api.deps import identify, is_public, require_principal
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
-
-
-def needs_principal(dependant: Dependant) -> bool:
-    """Whether a route (or any dependency of it) asks for ``CurrentPrincipal``."""
-    return any(d.call is require_principal or needs_principal(d) for d in dependant.dependencies)
 
 
 class StockadeRoute(APIRoute):
     def get_route_handler(self) -> Handler:
         handle = super().get_route_handler()
-        protected = needs_principal(self.dependant)
+        protected = not is_public(self)
 
         async def identified(request: Request) -> Response:
             await identify(request)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from stockade.api.deps import CurrentPrincipal, ServicesDep
+from stockade.api.deps import principal_of, services_of
 from stockade.api.errors import responses
 from stockade.services.principal import Permission
 from stockade.store.records import ApiKey
@@ -63,9 +63,9 @@ class ApiKeyList(BaseModel):
 
 
 @router.get("", response_model=ApiKeyList, responses=responses(401, 403, 429))
-async def list_api_keys(principal: CurrentPrincipal, services: ServicesDep) -> ApiKeyList:
+async def list_api_keys(request: Request) -> ApiKeyList:
     """Your API keys that have not been revoked."""
-    keys = await services.auth.list_keys(principal)
+    keys = await services_of(request).auth.list_keys(principal_of(request))
     return ApiKeyList(api_keys=[ApiKeyOut.of(k) for k in keys])
 
 
@@ -75,12 +75,10 @@ async def list_api_keys(principal: CurrentPrincipal, services: ServicesDep) -> A
     response_model=NewApiKeyOut,
     responses=responses(400, 401, 403, 422, 429),
 )
-async def create_api_key(
-    body: ApiKeyIn, principal: CurrentPrincipal, services: ServicesDep
-) -> NewApiKeyOut:
+async def create_api_key(body: ApiKeyIn, request: Request) -> NewApiKeyOut:
     """Create a key. The ``key`` field is returned once; store it."""
-    new = await services.auth.create_key(
-        principal,
+    new = await services_of(request).auth.create_key(
+        principal_of(request),
         description=body.description,
         expires_in_days=body.expires_in,
         permissions=[(p.environment_id, p.permission) for p in body.permissions],
@@ -94,9 +92,7 @@ async def create_api_key(
     response_class=Response,
     responses=responses(401, 403, 404, 429),
 )
-async def revoke_api_key(
-    key_id: str, principal: CurrentPrincipal, services: ServicesDep
-) -> Response:
+async def revoke_api_key(key_id: str, request: Request) -> Response:
     """Revoke a key; it is refused with 401 from then on."""
-    await services.auth.revoke_key(principal, key_id)
+    await services_of(request).auth.revoke_key(principal_of(request), key_id)
     return Response(status_code=204)

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, EmailStr, Field
 
-from stockade.api.deps import CurrentPrincipal, ServicesDep
+from stockade.api.deps import PUBLIC, principal_of, services_of
 from stockade.api.errors import responses
 from stockade.api.middleware import client_address
 from stockade.api.models import UserOut
@@ -45,8 +45,8 @@ class UserIn(BaseModel):
     role: Role = Role.USER
 
 
-async def _login(body: LoginIn, request: Request, services: ServicesDep) -> LoginOut:
-    login = await services.auth.login(
+async def _login(body: LoginIn, request: Request) -> LoginOut:
+    login = await services_of(request).auth.login(
         body.username, body.password, client=client_address(request.scope)
     )
     expires = login.token.expires_at
@@ -62,7 +62,7 @@ async def _login(body: LoginIn, request: Request, services: ServicesDep) -> Logi
 _login_doc: dict[str, Any] = {
     "response_model": LoginOut,
     "responses": responses(400, 401, 422, 429),
-    "openapi_extra": {CATEGORY_KEY: "auth"},
+    "openapi_extra": {**PUBLIC, CATEGORY_KEY: "auth"},
 }
 router.add_api_route(
     "/api/v1/auth/login", _login, methods=["POST"], summary="Log in (seed 004)", **_login_doc
@@ -83,8 +83,9 @@ router.add_api_route(
     responses=responses(401, 429),
     summary="The current user",
 )
-async def me(principal: CurrentPrincipal, services: ServicesDep) -> MeOut:
-    user = await services.auth.current_user(principal)
+async def me(request: Request) -> MeOut:
+    principal = principal_of(request)
+    user = await services_of(request).auth.current_user(principal)
     return MeOut(
         id=user.id,
         username=user.username,
@@ -103,8 +104,12 @@ async def me(principal: CurrentPrincipal, services: ServicesDep) -> MeOut:
     responses=responses(400, 401, 403, 409, 422, 429),
     summary="Create a user (admin only)",
 )
-async def create_user(body: UserIn, principal: CurrentPrincipal, services: ServicesDep) -> UserOut:
-    user = await services.users.create(
-        body.username, body.password, role=body.role, email=body.email, actor=principal
+async def create_user(body: UserIn, request: Request) -> UserOut:
+    user = await services_of(request).users.create(
+        body.username,
+        body.password,
+        role=body.role,
+        email=body.email,
+        actor=principal_of(request),
     )
     return UserOut.of(user)

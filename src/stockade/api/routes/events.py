@@ -7,10 +7,10 @@ import json
 from collections.abc import AsyncIterator
 
 import anyio
-from fastapi import APIRouter, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
 from sse_starlette.sse import EventSourceResponse
 
-from stockade.api.deps import WS_AUTH_PROTOCOL, CurrentPrincipal, ServicesDep
+from stockade.api.deps import WS_AUTH_PROTOCOL, principal_of, services_of
 from stockade.api.errors import responses
 from stockade.errors import Unavailable
 from stockade.events import Subscription
@@ -53,11 +53,11 @@ async def _visible(sub: Subscription, principal: Principal) -> AsyncIterator[dic
     },
 )
 async def stream_events(
-    principal: CurrentPrincipal,
-    services: ServicesDep,
+    request: Request,
     type: list[str] = Query(default=[], description="Only events whose type starts with these."),
 ) -> EventSourceResponse:
     """Each SSE message's data is one event: ``{id, type, timestamp, data}``."""
+    principal, services = principal_of(request), services_of(request)
     sub = _open(services, type)
 
     async def messages() -> AsyncIterator[dict[str, str]]:
@@ -71,11 +71,10 @@ async def stream_events(
 
 
 @router.websocket("/ws")
-async def events_socket(
-    websocket: WebSocket, principal: CurrentPrincipal, services: ServicesDep
-) -> None:
+async def events_socket(websocket: WebSocket) -> None:
     """The same stream over a WebSocket, one JSON event per text message. Browsers
     authenticate with the subprotocol pair ``['Authorization', 'Bearer <token>']``."""
+    principal, services = principal_of(websocket), services_of(websocket)
     offered = websocket.headers.get("sec-websocket-protocol", "")
     subprotocol = WS_AUTH_PROTOCOL if offered.startswith(WS_AUTH_PROTOCOL) else None
     sub = _open(services, websocket.query_params.getlist("type"))

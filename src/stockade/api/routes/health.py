@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
 
-from stockade.api.deps import CurrentPrincipal, ServicesDep
+from stockade.api.deps import PUBLIC, services_of
 from stockade.api.errors import responses
 from stockade.version import __version__
 
@@ -46,6 +46,7 @@ class HealthOut(BaseModel):
     "/",
     response_model=Root,
     summary="Liveness and version (seed 001)",
+    openapi_extra=PUBLIC,
     responses={307: {"description": "A browser asking for HTML is sent to /docs"}},
 )
 async def root(request: Request) -> Root | Response:
@@ -55,8 +56,8 @@ async def root(request: Request) -> Root | Response:
     return Root(status="ok", message="stockade agent sandbox daemon", version=__version__)
 
 
-async def _health(services: ServicesDep, response: Response) -> HealthOut:
-    health = await services.health.check()
+async def _health(request: Request, response: Response) -> HealthOut:
+    health = await services_of(request).health.check()
     if health.status == "unhealthy":
         response.status_code = 503
     return HealthOut(
@@ -73,6 +74,7 @@ async def _health(services: ServicesDep, response: Response) -> HealthOut:
 _health_doc: dict[str, Any] = {
     "response_model": HealthOut,
     "responses": {503: {"model": HealthOut, "description": "The database does not answer"}},
+    "openapi_extra": PUBLIC,
 }
 router.add_api_route(
     "/health", _health, methods=["GET"], summary="Health (seeds 000, 001)", **_health_doc
@@ -96,5 +98,6 @@ router.add_api_route(
         **responses(401, 429),
     },
 )
-async def metrics(services: ServicesDep, _: CurrentPrincipal) -> Response:
-    return Response(services.metrics.render(), media_type=services.metrics.content_type)
+async def metrics(request: Request) -> Response:
+    metrics = services_of(request).metrics
+    return Response(metrics.render(), media_type=metrics.content_type)
