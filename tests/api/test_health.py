@@ -108,3 +108,12 @@ async def test_basic_auth_reaches_protected_routes(stockade: TestApp) -> None:
         "/metrics", headers=basic_auth("admin", "admin-password-for-tests")
     )
     assert response.status_code == 200
+
+
+async def test_responses_vary_on_origin_with_or_without_one(stockade: TestApp) -> None:
+    plain = await stockade.client.get("/health")
+    assert plain.headers.get_list("vary") == ["Origin"]
+    browser = await stockade.client.get("/health", headers={"Origin": "http://localhost:1420"})
+    assert browser.headers["access-control-allow-origin"] == "http://localhost:1420"
+    assert "Origin" in browser.headers["vary"]
+    assert "X-RateLimit-Remaining" in browser.headers["access-control-expose-headers"]

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -16,7 +15,7 @@ from starlette.requests import Request
 
 from stockade.api import errors
 from stockade.api.deps import identify, is_public, require_principal
-from stockade.api.middleware import RequestContext
+from stockade.api.middleware import Cors, RequestContext
 from stockade.api.ratelimit import RateLimiter
 from stockade.api.routes import api_keys, auth, events, health
 from stockade.api.routing import StockadeRoute
@@ -92,10 +91,11 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
         metrics=services.metrics,
         limiter=limiter,
         max_body_bytes=settings.max_body_bytes,
+        vary_origin=bool(settings.cors_origins),
     )
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            Cors,
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],

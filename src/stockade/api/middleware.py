@@ -3,12 +3,14 @@ request id, body limit, rate-limit headers, metrics and the access log."""
 
 from __future__ import annotations
 
+import itertools
 import logging
-import os
 import re
+import secrets
 import time
 from typing import Any
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockade.api.errors import problem
@@ -31,12 +33,21 @@ class RequestContext:
     """Wraps the app; see the module docstring."""
 
     def __init__(
-        self, app: ASGIApp, *, metrics: Metrics, limiter: RateLimiter, max_body_bytes: int
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        limiter: RateLimiter,
+        max_body_bytes: int,
+        vary_origin: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.limiter = limiter
         self.max_body = max_body_bytes
+        self.vary_origin = vary_origin
+        self._id_prefix = secrets.token_hex(12)
+        self._ids = itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -44,7 +55,7 @@ class RequestContext:
             return
         headers = dict(scope["headers"])
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else os.urandom(16).hex()
+        request_id = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else self._new_id()
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         reset = request_id_var.set(request_id)
@@ -61,6 +72,8 @@ class RequestContext:
                 if not any(name == b"x-request-id" for name, _ in out):
                     out.append((b"x-request-id", request_id.encode()))
                 out.extend(quota.headers())
+                if self.vary_origin and b"origin" not in headers:
+                    out.append((b"vary", b"Origin"))
                 message["headers"] = out
             elif message["type"] == "websocket.accept":
                 status[0] = 101
@@ -78,6 +91,11 @@ class RequestContext:
         finally:
             self._record(scope, status[0], time.perf_counter() - started)
             request_id_var.reset(reset)
+
+    def _new_id(self) -> str:
+        # Unique, not secret: a random per-process prefix and a counter, with no system
+        # call per request (uuid4 and os.urandom each make one).
+        return f"{self._id_prefix}{next(self._ids):08x}"
 
     async def _limit_body(
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive, send: Send
@@ -152,3 +170,15 @@ class RequestContext:
 
 async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
+
+
+class Cors(CORSMiddleware):
+    """Starlette's CORS handling, which steps aside for requests without an ``Origin``
+    header: every client that is not a browser. ``RequestContext`` still adds
+    ``Vary: Origin`` to their responses, as caches need."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not any(k == b"origin" for k, _ in scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)

@@ -13,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from limits import RateLimitItem, WindowStats, aio, parse_many, strategies
-from limits.storage import storage_from_string
+from limits import RateLimitItem, aio, parse_many
+from limits.storage import Storage, storage_from_string
 from starlette.routing import BaseRoute
 
 from stockade.errors import RateLimited
@@ -70,18 +70,24 @@ def category_of(method: str, route: BaseRoute | None) -> Category:
 
 
 class RateLimiter:
-    """Charges requests against per-category windows, keyed by principal or address."""
+    """Charges requests against per-category fixed windows, keyed by principal or address.
+
+    In memory (the default) it works on ``limits``' ``MemoryStorage`` directly: the
+    fixed-window rule is one comparison (``incr(key) <= amount``), and each item's key
+    prefix is built once instead of on every request. The plain storage is used, not
+    the asyncio one, whose expiry task walks every key on each request. Any other
+    storage does network I/O and goes through ``limits.aio``'s fixed-window strategy.
+    """
 
     def __init__(self, settings: Settings) -> None:
         self.enabled = settings.rate_limit_enabled
         uri = settings.rate_limit_storage
-        # In memory, the plain storage: the asyncio one schedules an expiry task that
-        # walks every key on each request, while the plain one sweeps every 10 ms from a
-        # timer. Any other storage does network I/O, so its asyncio flavour is used.
-        self._memory: strategies.FixedWindowRateLimiter | None = None
+        self._memory: Storage | None = None
         self._remote: aio.strategies.FixedWindowRateLimiter | None = None
         if uri.startswith("memory://"):
-            self._memory = strategies.FixedWindowRateLimiter(storage_from_string(uri))
+            storage = storage_from_string(uri)
+            assert isinstance(storage, Storage)
+            self._memory = storage
         else:
             uri = uri if uri.startswith("async+") else f"async+{uri}"
             self._remote = aio.strategies.FixedWindowRateLimiter(storage_from_string(uri))
@@ -92,6 +98,9 @@ class RateLimiter:
             "other": parse_many(settings.rate_limit_other),
         }
         self._token = parse_many(settings.rate_limit_token)
+        self._prefixes = {
+            item: item.key_for("") for items in self._categories.values() for item in items
+        } | {item: item.key_for("") for item in self._token}
 
     async def hit(self, category: Category, key: str, *, per_token: bool = False) -> Quota:
         """Charge one request; RateLimitExceeded when a window is full.
@@ -117,17 +126,18 @@ class RateLimiter:
         return await self._quota(self._categories[category][0], category, key)
 
     async def _quota(self, item: RateLimitItem, scope: str, key: str) -> Quota:
-        stats = await self._stats(item, f"{scope}|{key}")
+        identifier = f"{scope}|{key}"
+        if self._memory is not None:
+            name = self._prefixes[item] + identifier
+            used = self._memory.get(name)
+            return Quota(item.amount, max(0, item.amount - used), self._memory.get_expiry(name))
+        assert self._remote is not None
+        stats = await self._remote.get_window_stats(item, identifier)
         return Quota(item.amount, max(0, stats.remaining), stats.reset_time)
 
     async def _hit(self, item: RateLimitItem, identifier: str) -> bool:
         if self._memory is not None:
-            return self._memory.hit(item, identifier)
+            name = self._prefixes[item] + identifier
+            return self._memory.incr(name, item.get_expiry()) <= item.amount
         assert self._remote is not None
-        return await self._remote.hit(item, identifier)
-
-    async def _stats(self, item: RateLimitItem, identifier: str) -> WindowStats:
-        if self._memory is not None:
-            return self._memory.get_window_stats(item, identifier)
-        assert self._remote is not None
-        return await self._remote.get_window_stats(item, identifier)
+        return bool(await self._remote.hit(item, identifier))
