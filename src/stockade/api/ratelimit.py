@@ -98,9 +98,9 @@ class RateLimiter:
             "other": parse_many(settings.rate_limit_other),
         }
         self._token = parse_many(settings.rate_limit_token)
-        self._prefixes = {
-            item: item.key_for("") for items in self._categories.values() for item in items
-        } | {item: item.key_for("") for item in self._token}
+        # By id: a RateLimitItem computes its hash anew on every lookup.
+        every = [item for items in self._categories.values() for item in items] + self._token
+        self._prefixes = {id(item): item.key_for("") for item in every}
 
     async def hit(self, category: Category, key: str, *, per_token: bool = False) -> Quota:
         """Charge one request; RateLimitExceeded when a window is full.
@@ -128,7 +128,7 @@ class RateLimiter:
     async def _quota(self, item: RateLimitItem, scope: str, key: str) -> Quota:
         identifier = f"{scope}|{key}"
         if self._memory is not None:
-            name = self._prefixes[item] + identifier
+            name = self._prefixes[id(item)] + identifier
             used = self._memory.get(name)
             return Quota(item.amount, max(0, item.amount - used), self._memory.get_expiry(name))
         assert self._remote is not None
@@ -137,7 +137,7 @@ class RateLimiter:
 
     async def _hit(self, item: RateLimitItem, identifier: str) -> bool:
         if self._memory is not None:
-            name = self._prefixes[item] + identifier
+            name = self._prefixes[id(item)] + identifier
             return self._memory.incr(name, item.get_expiry()) <= item.amount
         assert self._remote is not None
         return bool(await self._remote.hit(item, identifier))
