@@ -7,8 +7,10 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
+import math
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -66,6 +68,9 @@ class AuthService:
         self._basic: TTLCache[bytes, str] = TTLCache(CACHE_SIZE, BASIC_CACHE_SECONDS)
         self._users: RecordCache[str, User | None] = RecordCache(CACHE_SIZE, RECORD_CACHE_SECONDS)
         self._keys: RecordCache[str, ApiKey | None] = RecordCache(CACHE_SIZE, RECORD_CACHE_SECONDS)
+        self._principals: TTLCache[str, tuple[Principal, float]] = TTLCache(
+            CACHE_SIZE, RECORD_CACHE_SECONDS
+        )
 
     async def user(self, user_id: str) -> User | None:
         """The user with this id, from a short-lived cache in front of the store."""
@@ -105,30 +110,43 @@ class AuthService:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal behind an ``Authorization`` header value: ``Bearer <jwt>``,
-        ``Bearer stk_…`` or ``Basic …``."""
+        ``Bearer stk_…`` or ``Basic …``.
+
+        A bearer credential's principal is remembered for ``RECORD_CACHE_SECONDS`` (never
+        past the token's or key's own expiry): checking a signature and reading the user
+        on every request would cost more than the rest of the request.
+        """
         if not authorization:
             raise AuthenticationFailed()
+        cached = self._principals.get(authorization)
+        if cached is not None and cached[1] > time.time():
+            return cached[0]
         scheme, _, credential = authorization.strip().partition(" ")
         credential = credential.strip()
         if not credential or _WHITESPACE.search(credential):
             raise AuthenticationFailed("Malformed Authorization header")
         match scheme.lower():
             case "bearer" if credential.startswith(KEY_PREFIX):
-                return await self.authenticate_key(credential)
+                principal, valid_until = await self._key_principal(credential)
             case "bearer":
-                return await self.authenticate_token(credential)
+                principal, valid_until = await self._token_principal(credential)
             case "basic":
-                return await self.authenticate_basic(credential)
+                # Not remembered here: its own cache is keyed by an HMAC, so that no
+                # password stays in memory.
+                return await self._basic_principal(credential)
             case _:
                 raise AuthenticationFailed(f"Unsupported authorization scheme {scheme[:16]!r}")
+        self._principals[authorization] = (principal, valid_until)
+        return principal
 
-    async def authenticate_token(self, token: str) -> Principal:
-        user = await self.user(self._tokens.subject(token))
+    async def _token_principal(self, token: str) -> tuple[Principal, float]:
+        subject, expires = self._tokens.verify(token)
+        user = await self.user(subject)
         if user is None:
             raise AuthenticationFailed("Invalid token")
-        return Principal(user.id, user.username, Role(user.role), "jwt")
+        return Principal(user.id, user.username, Role(user.role), "jwt"), expires
 
-    async def authenticate_basic(self, encoded: str) -> Principal:
+    async def _basic_principal(self, encoded: str) -> Principal:
         try:
             decoded = base64.b64decode(encoded, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError) as exc:
@@ -148,7 +166,7 @@ class AuthService:
             raise AuthenticationFailed("Invalid username or password")
         return Principal(user.id, user.username, Role(user.role), "basic")
 
-    async def authenticate_key(self, key: str) -> Principal:
+    async def _key_principal(self, key: str) -> tuple[Principal, float]:
         key_hash = hash_key(key)
         record = await self._key(key_hash)
         now = datetime.now(UTC)
@@ -169,7 +187,10 @@ class AuthService:
             if record.permissions
             else None
         )
-        return Principal(user.id, user.username, Role(user.role), "api_key", record.id, permissions)
+        principal = Principal(
+            user.id, user.username, Role(user.role), "api_key", record.id, permissions
+        )
+        return principal, record.expires_at.timestamp() if record.expires_at else math.inf
 
     # -- API keys -------------------------------------------------------------------------
 
@@ -214,7 +235,9 @@ class AuthService:
         self._require_unrestricted(principal)
         if not await self._store.api_keys.revoke(key_id, principal.user_id, datetime.now(UTC)):
             raise NotFound(f"API key {key_id} does not exist")
-        self._keys.clear()  # the cache is keyed by hash, which a revoke does not name
+        # The caches are keyed by hash and by credential, which a revoke does not name.
+        self._keys.clear()
+        self._principals.clear()
         await self._store.audit.append("apikey.revoke", actor=principal.user_id, target=key_id)
         self._events.publish("apikey.revoked", {"id": key_id}, owner=principal.user_id)
 
