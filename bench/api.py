@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+from stockade.testing import free_port, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 HIGH_LIMIT = "100000000/minute"
@@ -119,13 +120,6 @@ def note(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 # -- the server ------------------------------------------------------------------------------
 
 
@@ -178,17 +172,6 @@ def start_server(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def request(
@@ -428,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             note(f"error: {exc}")
             return 1
         finally:
-            stop_server(process)
+            stop_process(process)
             # uvicorn re-raises the SIGTERM it handled, so -15 is a clean shutdown.
             note(f"server stopped (exit code {process.returncode})")
 
