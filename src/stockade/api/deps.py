@@ -63,7 +63,7 @@ def authorization_of(conn: HTTPConnection) -> str | None:
 
 async def identify(conn: HTTPConnection) -> None:
     """Resolve the caller, if credentials were sent, and charge the rate limit."""
-    services: Services = conn.app.state.services
+    services = services_of(conn)
     limiter: RateLimiter = conn.app.state.limiter
     state = conn.scope["state"]
     address = f"ip:{client_address(conn.scope)}"
