@@ -15,6 +15,7 @@ import pytest
 import websockets
 
 from stockade.testing import ADMIN_PASSWORD, bearer, daemon_process, free_port
+from tests.conftest import postgres_url, reset_postgres
 
 # uvicorn finishes a graceful shutdown, then re-raises the SIGTERM it caught, so the
 # process ends "killed by SIGTERM" as service managers expect.
@@ -156,3 +157,21 @@ def test_websocket_without_credentials_is_refused(tmp_path: Path) -> None:
 
     with daemon_process(tmp_path / "state", env={"STOCKADE_ADMIN_PASSWORD": ADMIN_PASSWORD}) as d:
         asyncio.run(attempt(d.url))
+
+
+@pytest.mark.postgres
+def test_daemon_on_postgresql(tmp_path: Path) -> None:
+    url = postgres_url()
+    asyncio.run(reset_postgres(url))
+    env = {"STOCKADE_ADMIN_PASSWORD": ADMIN_PASSWORD, "STOCKADE_DATABASE_URL": url}
+    with daemon_process(tmp_path / "state", env=env) as daemon:
+        assert httpx.get(f"{daemon.url}/health").json()["services"]["store"] == "postgresql"
+        auth = bearer(_login(daemon.url, ADMIN_PASSWORD))
+        key = httpx.post(f"{daemon.url}/api/v1/api-keys", headers=auth, json={}).json()
+        me = httpx.get(f"{daemon.url}/api/v1/auth/me", headers=bearer(key["key"]))
+        assert me.json()["auth_method"] == "api_key"
+        revoked = httpx.delete(f"{daemon.url}/api/v1/api-keys/{key['id']}", headers=auth)
+        assert revoked.status_code == 204
+        again = httpx.get(f"{daemon.url}/api/v1/auth/me", headers=bearer(key["key"]))
+        assert again.status_code == 401
+    assert not (tmp_path / "state" / "stockade.db").exists()
