@@ -4,8 +4,9 @@ VENV        ?= .venv
 PYTHON      ?= python3
 BIN         := $(VENV)/bin
 # Debian packages: PostgreSQL for the store's tests, wrk for the benchmarks, curl, jq and
-# openssl for the README walk-through and the TLS test.
-APT_PACKAGES := postgresql wrk curl jq openssl
+# openssl for the README walk-through and the TLS test; bubblewrap and libseccomp2 for
+# the sandboxes.
+APT_PACKAGES := postgresql wrk curl jq openssl bubblewrap libseccomp2
 
 .PHONY: install system-packages run test lint typecheck bench clean
 
