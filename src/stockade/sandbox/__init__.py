@@ -1,0 +1,1 @@
+"""Isolation: the backends that run commands in sandboxes, and the pieces they share."""
