@@ -14,6 +14,7 @@ install: system-packages $(VENV)/.installed
 
 system-packages:
 	@scripts/apt-ensure $(APT_PACKAGES)
+	@scripts/ensure-sandbox-user
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
