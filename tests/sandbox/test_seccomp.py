@@ -6,12 +6,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import subprocess
 
 import pyseccomp
-import pytest
 
+from stockade.sandbox.bwrap import Account, Profile, command
 from stockade.sandbox.seccomp import DENIED, TIOCSTI, bpf_program, build_filter, program_fd
 
 # Runs inside the sandbox with Debian's python3: call each system call with junk
@@ -37,14 +36,6 @@ print(json.dumps(found))
 """
 
 
-@pytest.fixture(scope="module")
-def bwrap() -> str:
-    path = shutil.which("bwrap")
-    if path is None:
-        pytest.fail("bubblewrap is not installed: run `make install`", pytrace=False)
-    return path
-
-
 def numbers() -> dict[str, int]:
     found = {}
     for name in DENIED:
@@ -55,39 +46,13 @@ def numbers() -> dict[str, int]:
     return found
 
 
-def run_probe(bwrap: str, program: bytes, calls: dict[str, int]) -> dict[str, object]:
+def run_probe(program: bytes, calls: dict[str, int]) -> dict[str, object]:
+    """Run the probe the way every sandbox process starts (``sandbox/bwrap.py``)."""
     fd = program_fd(program)
+    argv = ["/usr/bin/python3", "-I", "-c", PROBE, json.dumps(calls)]
     try:
         done = subprocess.run(
-            [
-                bwrap,
-                "--unshare-all",
-                "--die-with-parent",
-                "--new-session",
-                "--ro-bind",
-                "/usr",
-                "/usr",
-                "--symlink",
-                "usr/bin",
-                "/bin",
-                "--symlink",
-                "usr/lib",
-                "/lib",
-                "--symlink",
-                "usr/lib64",
-                "/lib64",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--seccomp",
-                str(fd),
-                "/usr/bin/python3",
-                "-I",
-                "-c",
-                PROBE,
-                json.dumps(numbers()),
-            ],
+            command(Profile(Account.lookup()), argv, seccomp_fd=fd),
             pass_fds=(fd,),
             capture_output=True,
             text=True,
@@ -101,8 +66,8 @@ def run_probe(bwrap: str, program: bytes, calls: dict[str, int]) -> dict[str, ob
     return result
 
 
-def test_every_denied_call_answers_eperm(bwrap: str) -> None:
-    found = run_probe(bwrap, bpf_program(), numbers())
+def test_every_denied_call_answers_eperm() -> None:
+    found = run_probe(bpf_program(), numbers())
     assert found["seccomp"] == "2"
     denied = {name: found[name] for name in numbers()}
     assert len(denied) >= 16
@@ -111,16 +76,15 @@ def test_every_denied_call_answers_eperm(bwrap: str) -> None:
     assert found["ioctl_fionread"] == 4  # other ioctls still work
 
 
-def test_the_probe_can_tell_a_missing_filter(bwrap: str) -> None:
-    # The same probe under an allow-everything filter: TIOCSTI on a pipe is ENOTTY. (No
-    # denied call is made here: bwrap started by root keeps root's capabilities.)
+def test_the_probe_can_tell_a_missing_filter() -> None:
+    # The same probe under an allow-everything filter: TIOCSTI on a pipe is ENOTTY.
     allow = pyseccomp.SyscallFilter(defaction=pyseccomp.ALLOW)
     fd = os.memfd_create("allow")
     with os.fdopen(fd, "w+b") as sink:
         allow.export_bpf(sink)
         sink.seek(0)
         program = sink.read()
-    found = run_probe(bwrap, program, {})
+    found = run_probe(program, {})
     assert found["ioctl_tiocsti"] == errno.ENOTTY
     assert found["seccomp"] == "2"
 
