@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from stockade.api.routes import events
 from stockade.testing import TestApp, bearer
 from tests.problems import assert_problem
 
@@ -45,7 +44,7 @@ async def test_docs_page_is_served(stockade: TestApp) -> None:
 async def test_503_when_event_streams_are_exhausted(
     stockade: TestApp, admin_token: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(events, "MAX_STREAMS", 0)
+    monkeypatch.setattr(stockade.services.streams, "limit", 0)
     response = await stockade.client.get("/api/v1/events", headers=bearer(admin_token))
     assert_problem(
         response,

@@ -5,16 +5,14 @@ makes a real attempt from inside."""
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from stockade.sandbox.base import SandboxError
 from stockade.sandbox.bwrap import Account, Profile, command
-from stockade.sandbox.seccomp import bpf_program, program_fd
+from tests.sandbox.confined import run_confined
 
 FACTS = r"""
 import json, os, socket
@@ -38,24 +36,8 @@ def account() -> Account:
     return Account.lookup()
 
 
-def run(profile: Profile, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    fd = program_fd(bpf_program())
-    try:
-        return subprocess.run(
-            command(profile, argv, seccomp_fd=fd),
-            pass_fds=(fd,),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            **kwargs,  # type: ignore[call-overload]
-        )
-    finally:
-        os.close(fd)
-
-
 def facts(profile: Profile) -> dict[str, object]:
-    done = run(profile, ["/usr/bin/python3", "-I", "-c", FACTS])
+    done = run_confined(profile, ["/usr/bin/python3", "-I", "-c", FACTS])
     assert done.returncode == 0, done.stderr
     found: dict[str, object] = json.loads(done.stdout)
     return found
@@ -87,7 +69,7 @@ def test_the_process_is_confined(account: Account) -> None:
 def test_the_daemons_secrets_are_out_of_reach(account: Account, tmp_path: Path) -> None:
     secret = tmp_path / "jwt-secret"
     secret.write_text("do-not-read")
-    done = run(Profile(account), ["/usr/bin/cat", str(secret), "/etc/shadow"])
+    done = run_confined(Profile(account), ["/usr/bin/cat", str(secret), "/etc/shadow"])
     assert done.returncode != 0
     assert "do-not-read" not in done.stdout
 
@@ -103,20 +85,22 @@ def test_no_egress_to_the_hosts_loopback(account: Account) -> None:
             "except OSError as e:\n print(type(e).__name__); sys.exit(0)\n"
             "print('connected'); sys.exit(1)"
         )
-        done = run(Profile(account), ["/usr/bin/python3", "-I", "-c", probe])
+        done = run_confined(Profile(account), ["/usr/bin/python3", "-I", "-c", probe])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "connected" not in done.stdout
 
 
 def test_tmp_is_size_capped(account: Account) -> None:
     profile = Profile(account, tmp_bytes=2 * 2**20)
-    done = run(profile, ["/usr/bin/dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=8"])
+    done = run_confined(
+        profile, ["/usr/bin/dd", "if=/dev/zero", "of=/tmp/fill", "bs=1M", "count=8"]
+    )
     assert done.returncode != 0
     assert "No space left on device" in done.stderr
 
 
 def test_a_setuid_binary_does_not_raise_privileges(account: Account) -> None:
-    done = run(Profile(account), ["/usr/bin/su", "-c", "id -u", "root"], input="")
+    done = run_confined(Profile(account), ["/usr/bin/su", "-c", "id -u", "root"], stdin="")
     assert done.returncode != 0
     assert "\n0\n" not in f"\n{done.stdout}"
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import errno
 import json
 import os
-import subprocess
 
 import pyseccomp
 
-from stockade.sandbox.bwrap import Account, Profile, command
-from stockade.sandbox.seccomp import DENIED, TIOCSTI, bpf_program, build_filter, program_fd
+from stockade.sandbox.bwrap import Account, Profile
+from stockade.sandbox.seccomp import DENIED, TIOCSTI, bpf_program, build_filter
+from tests.sandbox.confined import run_confined
 
 # Runs inside the sandbox with Debian's python3: call each system call with junk
 # arguments and report the errno, plus the Seccomp mode from /proc/self/status.
@@ -48,19 +48,8 @@ def numbers() -> dict[str, int]:
 
 def run_probe(program: bytes, calls: dict[str, int]) -> dict[str, object]:
     """Run the probe the way every sandbox process starts (``sandbox/bwrap.py``)."""
-    fd = program_fd(program)
     argv = ["/usr/bin/python3", "-I", "-c", PROBE, json.dumps(calls)]
-    try:
-        done = subprocess.run(
-            command(Profile(Account.lookup()), argv, seccomp_fd=fd),
-            pass_fds=(fd,),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(fd)
+    done = run_confined(Profile(Account.lookup()), argv, program=program)
     assert done.returncode == 0, done.stderr
     result: dict[str, object] = json.loads(done.stdout)
     return result

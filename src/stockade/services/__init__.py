@@ -16,6 +16,7 @@ from stockade.services.auth import AuthService
 from stockade.services.health import HealthService
 from stockade.services.passwords import Passwords
 from stockade.services.secrets import load_or_create_secret
+from stockade.services.streams import StreamService
 from stockade.services.tokens import Tokens
 from stockade.services.users import BootstrapResult, UserService
 from stockade.settings import Settings
@@ -33,6 +34,7 @@ class Services:
     auth: AuthService
     users: UserService
     health: HealthService
+    streams: StreamService
 
     @classmethod
     def build(cls, settings: Settings, *, passwords: Passwords | None = None) -> Services:
@@ -45,16 +47,18 @@ class Services:
         )
         store = Store.from_url(settings.resolved_database_url)
         events = EventBus()
+        metrics = Metrics()
         passwords = passwords or Passwords()
         tokens = Tokens(secret, timedelta(seconds=settings.token_ttl_seconds))
         return cls(
             settings=settings,
             store=store,
             events=events,
-            metrics=Metrics(),
+            metrics=metrics,
             auth=AuthService(store, passwords, tokens, events, secret),
             users=UserService(store, passwords, events),
             health=HealthService(store),
+            streams=StreamService(events, metrics),
         )
 
     async def start(self) -> BootstrapResult:

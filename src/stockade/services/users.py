@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from stockade.errors import Conflict, InvalidInput, NotFound, PermissionDenied
+from stockade.errors import Conflict, InvalidInput, PermissionDenied
 from stockade.events import EventBus
 from stockade.services.passwords import Passwords
 from stockade.services.principal import Principal, Role
@@ -68,12 +68,6 @@ class UserService:
             detail={"username": username, "role": role.value},
         )
         self._events.publish("user.created", {"id": user.id, "username": username}, owner=user.id)
-        return user
-
-    async def get(self, user_id: str) -> User:
-        user = await self._store.users.get(user_id)
-        if user is None:
-            raise NotFound(f"User {user_id} does not exist")
         return user
 
     async def bootstrap_admin(self, home: Path, password: str | None) -> BootstrapResult:

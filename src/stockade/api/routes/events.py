@@ -1,5 +1,5 @@
 """The event stream: ``GET /api/v1/events`` as SSE and ``/api/v1/events/ws`` as a
-WebSocket. Admins see every event; others see their own."""
+WebSocket. Which events a caller sees is ``services/streams.py``'s decision."""
 
 from __future__ import annotations
 
@@ -12,35 +12,8 @@ from sse_starlette.sse import EventSourceResponse
 
 from stockade.api.deps import WS_AUTH_PROTOCOL, principal_of, services_of
 from stockade.api.errors import responses
-from stockade.errors import Unavailable
-from stockade.events import Subscription
-from stockade.services import Services
-from stockade.services.principal import Principal
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
-
-MAX_STREAMS = 512
-
-
-def _open(services: Services, types: list[str]) -> Subscription:
-    if services.events.subscriber_count >= MAX_STREAMS:
-        raise Unavailable(f"Too many open event streams (limit {MAX_STREAMS}); try again later")
-    services.metrics.event_subscribers.inc()
-    return services.events.subscribe(types)
-
-
-def _close(services: Services, sub: Subscription) -> None:
-    sub.close()
-    services.metrics.event_subscribers.dec()
-
-
-async def _visible(sub: Subscription, principal: Principal) -> AsyncIterator[dict[str, object]]:
-    async for event in sub:
-        if principal.is_admin or event.owner == principal.user_id:
-            body = event.to_json()
-            if event.dropped:
-                body["dropped"] = event.dropped
-            yield body
 
 
 @router.get(
@@ -57,15 +30,14 @@ async def stream_events(
     type: list[str] = Query(default=[], description="Only events whose type starts with these."),
 ) -> EventSourceResponse:
     """Each SSE message's data is one event: ``{id, type, timestamp, data}``."""
-    principal, services = principal_of(request), services_of(request)
-    sub = _open(services, type)
+    stream = services_of(request).streams.open(principal_of(request), type)
 
     async def messages() -> AsyncIterator[dict[str, str]]:
         try:
-            async for body in _visible(sub, principal):
+            async for body in stream:
                 yield {"id": str(body["id"]), "event": str(body["type"]), "data": json.dumps(body)}
         finally:
-            _close(services, sub)
+            stream.close()
 
     return EventSourceResponse(messages(), ping=15)
 
@@ -74,10 +46,11 @@ async def stream_events(
 async def events_socket(websocket: WebSocket) -> None:
     """The same stream over a WebSocket, one JSON event per text message. Browsers
     authenticate with the subprotocol pair ``['Authorization', 'Bearer <token>']``."""
-    principal, services = principal_of(websocket), services_of(websocket)
+
     offered = websocket.headers.get("sec-websocket-protocol", "")
     subprotocol = WS_AUTH_PROTOCOL if offered.startswith(WS_AUTH_PROTOCOL) else None
-    sub = _open(services, websocket.query_params.getlist("type"))
+    types = websocket.query_params.getlist("type")
+    stream = services_of(websocket).streams.open(principal_of(websocket), types)
     try:
         await websocket.accept(subprotocol=subprotocol)
         async with anyio.create_task_group() as tasks:
@@ -91,7 +64,7 @@ async def events_socket(websocket: WebSocket) -> None:
                     tasks.cancel_scope.cancel()
 
             tasks.start_soon(until_closed)
-            async for body in _visible(sub, principal):
+            async for body in stream:
                 await websocket.send_json(body)
     finally:
-        _close(services, sub)
+        stream.close()
