@@ -5,8 +5,9 @@ PYTHON      ?= python3
 BIN         := $(VENV)/bin
 # Debian packages: PostgreSQL for the store's tests, wrk for the benchmarks, curl, jq and
 # openssl for the README walk-through and the TLS test; bubblewrap and libseccomp2 for
-# the sandboxes.
-APT_PACKAGES := postgresql wrk curl jq openssl bubblewrap libseccomp2
+# the sandboxes; gcc and libc6-dev to build the static in-sandbox agent; python3-numpy so
+# the built-in `host` image runs seed 004's workflow example.
+APT_PACKAGES := postgresql wrk curl jq openssl bubblewrap libseccomp2 gcc libc6-dev python3-numpy
 
 .PHONY: install system-packages run test lint typecheck bench clean
 
@@ -20,6 +21,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m stockade.sandbox.native
 	touch $@
 
 run: install

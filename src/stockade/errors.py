@@ -10,6 +10,7 @@
     ├── Conflict              the object's state forbids it
     ├── PayloadTooLarge       the request body is over the limit
     ├── RateLimited           too many requests in the caller's window
+    ├── StorageFull           a sandbox's storage has no room left
     └── Unavailable           a part the daemon needs is down
 
 The class docstring is the default message. Nothing here knows about HTTP status codes.
@@ -56,6 +57,10 @@ class RateLimited(StockadeError):
     def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+
+
+class StorageFull(StockadeError):
+    """The sandbox's storage is full."""
 
 
 class Unavailable(StockadeError):

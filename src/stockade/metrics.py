@@ -43,6 +43,19 @@ class Metrics:
             "Open SSE and WebSocket event streams.",
             registry=self.registry,
         )
+        self.spawn_time = Histogram(
+            "vm_spawn_time_seconds",
+            "Time from asking a backend for a sandbox to the sandbox accepting commands.",
+            ["backend"],
+            buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.active_sandboxes = Gauge(
+            "stockade_sandboxes_active",
+            "Sandboxes running now, by backend.",
+            ["backend"],
+            registry=self.registry,
+        )
         self._request_counters: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}
         info = Gauge(
@@ -64,6 +77,9 @@ class Metrics:
         if histogram is None:
             histogram = self._latency_children[key[:2]] = self.http_latency.labels(method, route)
         histogram.observe(seconds)
+
+    def observe_spawn(self, backend: str, seconds: float) -> None:
+        self.spawn_time.labels(backend).observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -15,6 +15,9 @@ from limits import parse_many
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from stockade.errors import InvalidInput
+from stockade.sandbox.quantities import parse_bytes, parse_cpu
+
 # Seed 001 (Luna) documents these origins for its Tauri desktop client; allowing them by
 # default lets that client talk to Stockade unchanged. `--cors-origin` replaces the list.
 DEFAULT_CORS_ORIGINS = ["http://localhost:1420", "http://tauri.localhost", "tauri://localhost"]
@@ -71,6 +74,24 @@ class Settings(BaseSettings):
     )
 
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest request body.")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest file uploaded into a sandbox."
+    )
+
+    backend: Literal["namespace"] = Field(
+        "namespace", description="The sandbox backend: namespace (bubblewrap, cgroups, seccomp)."
+    )
+    run_dir: Path = Field(
+        Path("/run/stockade"),
+        description="Where sandboxes' storage is mounted while they run (tmpfs per sandbox).",
+    )
+    sandbox_max: int = Field(256, ge=1, description="Most sandboxes alive at once.")
+    sandbox_cpu: str = Field("1", description="Default cpu limit (Kubernetes quantity).")
+    sandbox_memory: str = Field("512Mi", description="Default memory limit.")
+    sandbox_storage: str = Field("1Gi", description="Default writable storage (tmpfs) size.")
+    sandbox_max_storage: str = Field("8Gi", description="Largest storage one sandbox may ask for.")
+    sandbox_pids: int = Field(512, ge=16, description="Most processes in one sandbox.")
+    sandbox_timeout: int = Field(3600, ge=1, description="Default sandbox lifetime in seconds.")
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -93,6 +114,24 @@ class Settings(BaseSettings):
             parse_many(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a rate limit such as '10/minute'") from exc
+        return value
+
+    @field_validator("sandbox_cpu")
+    @classmethod
+    def _parse_cpu(cls, value: str) -> str:
+        try:
+            parse_cpu(value, field="STOCKADE_SANDBOX_CPU")
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    @field_validator("sandbox_memory", "sandbox_storage", "sandbox_max_storage")
+    @classmethod
+    def _parse_bytes(cls, value: str) -> str:
+        try:
+            parse_bytes(value, field="a STOCKADE_SANDBOX_* size")
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from exc
         return value
 
     @property

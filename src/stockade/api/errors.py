@@ -33,6 +33,7 @@ STATUS_OF: dict[type[errors.StockadeError], int] = {
     errors.Conflict: 409,
     errors.PayloadTooLarge: 413,
     errors.RateLimited: 429,
+    errors.StorageFull: 507,
     errors.Unavailable: 503,
 }
 

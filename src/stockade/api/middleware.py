@@ -24,6 +24,9 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 
 
+_UPLOAD_PATH = re.compile(r"/api/v1/environments/[^/]+/files")
+
+
 def client_address(scope: Scope) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "unknown"
@@ -39,12 +42,14 @@ class RequestContext:
         metrics: Metrics,
         limiter: RateLimiter,
         max_body_bytes: int,
+        max_upload_bytes: int | None = None,
         vary_origin: bool = False,
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.limiter = limiter
         self.max_body = max_body_bytes
+        self.max_upload = max(max_body_bytes, max_upload_bytes or 0)
         self.vary_origin = vary_origin
         self._id_prefix = secrets.token_hex(12)
         self._ids = itertools.count(1)
@@ -102,12 +107,13 @@ class RequestContext:
     ) -> Receive | None:
         """Refuse a body over the limit with 413 before the app reads it. Returns the
         receive to use, or None when the 413 has been sent."""
+        limit = self._limit_of(scope)
         declared = headers.get(b"content-length")
         if declared is not None:
-            if declared.isdigit() and int(declared) <= self.max_body:
+            if declared.isdigit() and int(declared) <= limit:
                 return receive
             if declared.isdigit():
-                await self._too_large(scope, send)
+                await self._too_large(scope, send, limit)
                 return None
             return receive  # a malformed length is the server's to refuse
         # Chunked: buffer up to the limit, then replay to the app.
@@ -119,8 +125,8 @@ class RequestContext:
                 return receive
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_body:
-                await self._too_large(scope, send)
+            if size > limit:
+                await self._too_large(scope, send, limit)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -135,10 +141,16 @@ class RequestContext:
 
         return replay
 
-    async def _too_large(self, scope: Scope, send: Send) -> None:
+    def _limit_of(self, scope: Scope) -> int:
+        """File uploads into a sandbox may be larger than other bodies."""
+        if scope.get("method") == "PUT" and _UPLOAD_PATH.fullmatch(scope.get("path", "")):
+            return self.max_upload
+        return self.max_body
+
+    async def _too_large(self, scope: Scope, send: Send, limit: int) -> None:
         response = problem(
             413,
-            f"Request body is larger than the limit of {self.max_body} bytes",
+            f"Request body is larger than the limit of {limit} bytes",
             instance=scope.get("path", ""),
             request_id=scope["state"]["request_id"],
         )

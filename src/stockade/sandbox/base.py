@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -67,6 +67,7 @@ class SandboxSpec:
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
     read_only_root: bool = False
     run_as_user: int | None = None
+    run_as_group: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +137,15 @@ class SandboxBackend(ABC):
     sandboxes; an unknown ``sandbox_id`` raises ``stockade.errors.NotFound``."""
 
     name: str
+    # Called with (sandbox id, reason) when a sandbox stops without being destroyed.
+    on_lost: Callable[[str, str], None] | None = None
+
+    async def start(self) -> None:  # noqa: B027 - optional for a backend
+        """Prepare the host for this backend (directories, programs). Called before first
+        use; raises ``SandboxError`` when ``unavailable_reason`` has an answer."""
+
+    async def close(self) -> None:  # noqa: B027 - optional for a backend
+        """Destroy every sandbox this backend runs: the daemon is stopping."""
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:
@@ -157,7 +167,7 @@ class SandboxBackend(ABC):
         cwd: str | None = None,
         timeout: float | None = None,
         stdin: bytes | AsyncIterator[bytes] | None = None,
-    ) -> AsyncIterator[ExecEvent]:
+    ) -> AsyncGenerator[ExecEvent, None]:
         """Run ``argv`` inside the running sandbox, yielding its output as it comes and
         then exactly one ``Exit``. The process sees only ``env`` (plus the sandbox's own
         environment), not the daemon's. Past ``timeout`` seconds its whole process tree
@@ -165,9 +175,10 @@ class SandboxBackend(ABC):
         keep running until the sandbox is destroyed."""
 
     @abstractmethod
-    async def read_file(self, sandbox_id: str, path: str) -> bytes:
+    async def read_file(self, sandbox_id: str, path: str, *, limit: int | None = None) -> bytes:
         """The file at ``path`` inside the sandbox. Paths are confined to the sandbox's
-        root: ``..`` and symlinks cannot reach the host."""
+        root: ``..`` and symlinks cannot reach the host. A file over ``limit`` bytes
+        raises ``PayloadTooLarge``."""
 
     @abstractmethod
     async def write_file(self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -190,8 +201,9 @@ class SandboxBackend(ABC):
         """Current usage: cpu time, memory, processes, and disk when the backend knows."""
 
     @abstractmethod
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str, *, grace: float = 0.0) -> None:
         """Kill everything in the sandbox and remove every trace of it from the host.
+        With ``grace``, its processes first get SIGTERM and that many seconds to end.
         Idempotent: destroying a sandbox that is already gone is not an error."""
 
     @abstractmethod

@@ -66,6 +66,11 @@ class Profile:
     share_network: bool = False
     ro_binds: Sequence[tuple[str, str]] = HOST_IMAGE_BINDS
     symlinks: Sequence[tuple[str, str]] = HOST_IMAGE_LINKS
+    # Writable binds (host source, sandbox target), mounted after the read-only ones.
+    binds: Sequence[tuple[str, str]] = ()
+    # Make the sandbox's own root and /dev read-only once everything is mounted, so the
+    # binds above are the only writable places.
+    read_only_root: bool = False
 
     def environment(self) -> dict[str, str]:
         """Exactly what the process sees: the declared variables, and PATH and HOME
@@ -73,18 +78,30 @@ class Profile:
         return {"PATH": DEFAULT_PATH, "HOME": self.workdir} | dict(self.env)
 
 
-def command(profile: Profile, argv: Sequence[str], *, seccomp_fd: int) -> list[str]:
-    """The full command line: setpriv, then bwrap, then ``argv``. ``seccomp_fd`` must be
-    passed to the child (``pass_fds``) and rewound to the start of the program."""
-    if not argv:
-        raise SandboxError("nothing to run: the command is empty")
-    drop = [
+def drop_privileges(account: Account) -> list[str]:
+    """``setpriv`` to ``account``: the default way in, for callers without the agent."""
+    return [
         "setpriv",
-        f"--reuid={profile.account.uid}",
-        f"--regid={profile.account.gid}",
+        f"--reuid={account.uid}",
+        f"--regid={account.gid}",
         "--clear-groups",
         "--",
     ]
+
+
+def command(
+    profile: Profile,
+    argv: Sequence[str],
+    *,
+    seccomp_fd: int,
+    launcher: Sequence[str] | None = None,
+) -> list[str]:
+    """The full command line: the ``launcher`` that drops to the sandbox account (setpriv
+    by default), then bwrap, then ``argv``. ``seccomp_fd`` must be passed to the child
+    (``pass_fds``) and rewound to the start of the program."""
+    if not argv:
+        raise SandboxError("nothing to run: the command is empty")
+    drop = list(launcher) if launcher is not None else drop_privileges(profile.account)
     isolate = [
         "bwrap",
         "--unshare-all",
@@ -107,8 +124,12 @@ def command(profile: Profile, argv: Sequence[str], *, seccomp_fd: int) -> list[s
         isolate += ["--symlink", link, target]
     isolate += ["--proc", "/proc", "--dev", "/dev"]
     if profile.tmp_bytes is not None:
-        isolate += ["--size", str(profile.tmp_bytes)]
-    isolate += ["--tmpfs", SANDBOX_TMP, "--chdir", profile.workdir, "--clearenv"]
+        isolate += ["--size", str(profile.tmp_bytes), "--tmpfs", SANDBOX_TMP]
+    for source, target in profile.binds:
+        isolate += ["--bind", source, target]
+    if profile.read_only_root:
+        isolate += ["--remount-ro", "/dev", "--remount-ro", "/"]
+    isolate += ["--chdir", profile.workdir, "--clearenv"]
     for name, value in profile.environment().items():
         isolate += ["--setenv", name, value]
     isolate += ["--seccomp", str(seccomp_fd), "--"]

@@ -12,9 +12,12 @@ from datetime import timedelta
 
 from stockade.events import EventBus
 from stockade.metrics import Metrics
+from stockade.sandbox.base import SandboxBackend
+from stockade.sandbox.namespace import NamespaceBackend, instance_name
 from stockade.services.auth import AuthService
 from stockade.services.health import HealthService
 from stockade.services.passwords import Passwords
+from stockade.services.sandboxes import SandboxService
 from stockade.services.secrets import load_or_create_secret
 from stockade.services.streams import StreamService
 from stockade.services.tokens import Tokens
@@ -35,9 +38,16 @@ class Services:
     users: UserService
     health: HealthService
     streams: StreamService
+    sandboxes: SandboxService
 
     @classmethod
-    def build(cls, settings: Settings, *, passwords: Passwords | None = None) -> Services:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        passwords: Passwords | None = None,
+        backend: SandboxBackend | None = None,
+    ) -> Services:
         """Wire every service from ``settings``. Opens nothing yet: see ``start``."""
         home = settings.ensure_home()
         secret = (
@@ -50,6 +60,16 @@ class Services:
         metrics = Metrics()
         passwords = passwords or Passwords()
         tokens = Tokens(secret, timedelta(seconds=settings.token_ttl_seconds))
+        backend = backend or NamespaceBackend(
+            settings.run_dir,
+            home / "sandboxes",
+            instance=instance_name(home),
+            default_pids=settings.sandbox_pids,
+        )
+        sandboxes = SandboxService(settings, store, backend, events, metrics)
+        health = HealthService(store)
+        health.backend = sandboxes.backend_status
+        health.active_sandboxes = sandboxes.active_count
         return cls(
             settings=settings,
             store=store,
@@ -57,8 +77,9 @@ class Services:
             metrics=metrics,
             auth=AuthService(store, passwords, tokens, events, secret),
             users=UserService(store, passwords, events),
-            health=HealthService(store),
+            health=health,
             streams=StreamService(events, metrics),
+            sandboxes=sandboxes,
         )
 
     async def start(self) -> BootstrapResult:
@@ -77,7 +98,11 @@ class Services:
             )
         elif result.created:
             logger.info("created the user 'admin' with the password from STOCKADE_ADMIN_PASSWORD")
+        await self.sandboxes.start()
         return result
 
     async def stop(self) -> None:
-        await self.store.close()
+        try:
+            await self.sandboxes.stop()
+        finally:
+            await self.store.close()

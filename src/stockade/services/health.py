@@ -44,7 +44,7 @@ class HealthService:
         self._store = store
         self._started = time.monotonic()
         self._llm = llm
-        self.backend = "none (sandbox backends are not configured in this build)"
+        self.backend: Callable[[], str] = lambda: "none"
         self.active_sandboxes: ActiveCount | None = None
         self._probed_at = -PROBE_SECONDS
         self._database = "unknown"
@@ -68,7 +68,7 @@ class HealthService:
                 "api": "ok",
                 "database": database,
                 "store": self._store.db.dialect,
-                "backend": self.backend,
+                "backend": self.backend(),
                 "os": platform.system(),
                 "python": platform.python_version(),
                 "llm": self._llm,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from stockade.store.api_keys import ApiKeyStore
 from stockade.store.audit import AuditStore
 from stockade.store.database import Database
+from stockade.store.sandboxes import SandboxStore
 from stockade.store.users import UserStore
 
 
@@ -17,6 +18,7 @@ class Store:
         self.users = UserStore(db)
         self.api_keys = ApiKeyStore(db)
         self.audit = AuditStore(db)
+        self.sandboxes = SandboxStore(db)
 
     @classmethod
     def from_url(cls, url: str) -> Store:

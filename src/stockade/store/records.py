@@ -39,3 +39,22 @@ class AuditEntry:
     action: str
     target: str | None
     detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    id: str
+    owner_id: str
+    name: str
+    image: str
+    backend: str
+    status: str
+    status_reason: str | None
+    spec: dict[str, Any]
+    timeout_seconds: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    expires_at: datetime
+    spawn_time_ms: float | None
+    labels: dict[str, str]

@@ -78,3 +78,44 @@ audit_log = sa.Table(
     sa.Column("detail", sa.JSON(), nullable=True),
     sa.Index("ix_audit_log_at", "at"),
 )
+
+# One row per sandbox, whatever its backend and whichever dialect created it (AgentBox
+# environments and LuminaGuard VMs are two views of these rows). ``spec`` keeps the
+# request as given, so it can be returned as given.
+sandboxes = sa.Table(
+    "sandboxes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "owner_id", sa.String(64), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("image", sa.String(512), nullable=False),
+    sa.Column("backend", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status_reason", sa.String(1024), nullable=True),
+    sa.Column("spec", sa.JSON(), nullable=False),
+    sa.Column("timeout_seconds", sa.Integer(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("spawn_time_ms", sa.Float(), nullable=True),
+    sa.Index("ix_sandboxes_owner_id_created_at", "owner_id", "created_at"),
+    sa.Index("ix_sandboxes_status", "status"),
+)
+
+# Labels in their own table, so that a selector is a query rather than a scan.
+sandbox_labels = sa.Table(
+    "sandbox_labels",
+    metadata,
+    sa.Column(
+        "sandbox_id",
+        sa.String(64),
+        sa.ForeignKey("sandboxes.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", sa.String(317), primary_key=True),
+    sa.Column("value", sa.String(63), nullable=False),
+    sa.Index("ix_sandbox_labels_key_value", "key", "value"),
+)

@@ -1,0 +1,988 @@
+"""The ``namespace`` backend: bubblewrap, cgroups, seccomp and an agent inside each sandbox.
+
+How one sandbox starts (``create``):
+
+1. its storage: a size-capped tmpfs mounted under the run directory (``workspace.py``);
+2. its cgroup in every hierarchy, with the memory, pids and cpu limits (``cgroups.py``);
+3. ``stockade-agent launch`` (as root) joins the cgroup, drops to the sandbox account and
+   ``exec``s bubblewrap with the launch profile (``bwrap.py``) and the seccomp program
+   (``seccomp.py``); bubblewrap starts ``stockade-agent serve`` inside;
+4. the agent says HELLO on its stdout, and the sandbox is running.
+
+Everything later goes through the agent over its stdin and stdout
+(``docs/agent-protocol.md``): exec, stdin, signals and files. ``destroy`` kills the
+cgroup (``cgroup.kill``), reaps bubblewrap, removes the cgroup and unmounts the storage.
+
+bubblewrap runs with ``--die-with-parent``: when the daemon dies, so do its sandboxes.
+A restarted daemon therefore never re-adopts one; ``recover`` removes the cgroups and
+storage they left, and the sandbox service marks them failed.
+
+The ``Popen`` that starts bubblewrap must run on the event loop's thread: the kernel's
+parent-death signal follows the *thread* that forked, and a worker thread that ends would
+take the sandbox with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from stockade.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    StorageFull,
+)
+from stockade.sandbox import agentproto as proto
+from stockade.sandbox.base import (
+    ExecEvent,
+    Exit,
+    FileEntry,
+    LogLine,
+    Output,
+    Recovery,
+    SandboxBackend,
+    SandboxError,
+    SandboxInfo,
+    SandboxSpec,
+    Stats,
+    Stream,
+)
+from stockade.sandbox.bwrap import (
+    HOST_IMAGE_BINDS,
+    HOST_IMAGE_LINKS,
+    SANDBOX_USER,
+    Account,
+    Profile,
+    command,
+)
+from stockade.sandbox.cgroups import (
+    CgroupLayout,
+    CgroupLimits,
+    SandboxCgroup,
+    list_sandbox_groups,
+)
+from stockade.sandbox.native import agent_binary
+from stockade.sandbox.seccomp import bpf_program, program_fd
+from stockade.sandbox.workspace import BINDS, HOME, Workspace
+
+logger = logging.getLogger("stockade.sandbox")
+
+IMAGES = ("host",)
+AGENT_PATH = "/.stockade/agent"
+ALIAS_DIR = "/.stockade/bin"
+SANDBOX_PATH = f"/usr/local/bin:/usr/bin:/bin:{ALIAS_DIR}"
+# The host image has python3; scripts written for `python` (seed 004's) find it here.
+ALIASES = {"python": "/usr/bin/python3", "pip": "/usr/bin/pip3"}
+ETC_FILES = {
+    "passwd": "root:x:0:0:root:/root:/bin/sh\n"
+    "sandbox:x:1000:1000:sandbox:/home/sandbox:/bin/sh\n"
+    "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": "root:x:0:\nsandbox:x:1000:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n",
+    "hostname": "sandbox\n",
+    "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+}
+# Copied from the host's /etc: what its /usr needs (the dynamic linker's cache) and the
+# clock's zone; no accounts, no secrets. Debian's alternatives links are bound read-only.
+HOST_ETC = ("ld.so.cache", "ld.so.conf", "localtime")
+HOST_ALTERNATIVES = "/etc/alternatives"
+HELLO_TIMEOUT = 10.0
+EXIT_TIMEOUT = 5.0
+KILL_GRACE = 5.0  # after a timeout's SIGKILL, how long to wait for the agent's EXIT
+BASELINE_PIDS = 3  # bubblewrap's monitor, its init, and the agent
+READ_CHUNK = 256 * 1024
+PAUSE_BYTES = 8 << 20  # stop reading from an agent whose output nobody is taking
+RESUME_BYTES = 1 << 20
+LOG_LINES = 10_000
+LOG_LINE_BYTES = 16 * 1024
+LOG_FILE_BYTES = 16 << 20
+MAIN_CHANNEL = 1
+
+_TIMEOUT = object()  # a channel's timeout has passed
+_GIVE_UP = object()  # the agent did not answer a timeout's kill in time
+_LOST = object()  # the sandbox stopped
+
+
+def instance_name(home: Path) -> str:
+    """A short name for one daemon's state directory, so that two daemons on one host
+    never clean up each other's sandboxes."""
+    import hashlib
+
+    return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
+
+
+class _Channel:
+    __slots__ = ("id", "owner", "queue")
+
+    def __init__(self, channel_id: int, owner: _Live) -> None:
+        self.id = channel_id
+        self.owner = owner
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+
+    def put(self, item: object) -> None:
+        if isinstance(item, proto.Frame):
+            self.owner.account_buffered(len(item.payload))
+        self.queue.put_nowait(item)
+
+    async def get(self) -> object:
+        item = await self.queue.get()
+        if isinstance(item, proto.Frame):
+            self.owner.account_buffered(-len(item.payload))
+        return item
+
+
+class _LogBook:
+    """The output of a sandbox's ``command``: a ring of recent lines, a JSON-lines file
+    that outlives a daemon crash, and the followers waiting for more."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: deque[LogLine] = deque(maxlen=LOG_LINES)
+        self.followers: set[asyncio.Queue[LogLine | None]] = set()
+        self._partial: dict[Stream, bytes] = {"stdout": b"", "stderr": b""}
+        self._file = path.open("ab", buffering=0)
+        self._written = 0
+
+    def feed(self, stream: Stream, data: bytes) -> None:
+        pending = self._partial[stream] + data
+        *complete, rest = pending.split(b"\n")
+        while len(rest) > LOG_LINE_BYTES:
+            complete.append(rest[:LOG_LINE_BYTES])
+            rest = rest[LOG_LINE_BYTES:]
+        self._partial[stream] = rest
+        for raw in complete:
+            self._add(stream, raw)
+
+    def flush(self) -> None:
+        for stream, rest in self._partial.items():
+            if rest:
+                self._add(stream, rest)
+            self._partial[stream] = b""
+
+    def _add(self, stream: Stream, raw: bytes) -> None:
+        line = LogLine(datetime.now(UTC), stream, raw.decode(errors="replace"))
+        self.lines.append(line)
+        if self._written < LOG_FILE_BYTES:
+            record = json.dumps({"t": line.timestamp.isoformat(), "s": stream, "m": line.message})
+            encoded = record.encode() + b"\n"
+            self._written += len(encoded)
+            with contextlib.suppress(OSError):
+                self._file.write(encoded)
+        for follower in self.followers:
+            follower.put_nowait(line)
+
+    def close(self) -> None:
+        self.flush()
+        for follower in self.followers:
+            follower.put_nowait(None)
+        self._file.close()
+
+
+def read_log_file(path: Path) -> list[LogLine]:
+    """The lines a log file holds; unreadable lines are skipped."""
+    lines: list[LogLine] = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return lines
+    for raw in text.splitlines():
+        try:
+            record = json.loads(raw)
+            stream: Stream = "stderr" if record["s"] == "stderr" else "stdout"
+            lines.append(LogLine(datetime.fromisoformat(record["t"]), stream, str(record["m"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return lines
+
+
+@dataclass(eq=False)
+class _Live:
+    """One running sandbox, as the daemon holds it."""
+
+    spec: SandboxSpec
+    process: subprocess.Popen[bytes]
+    group: SandboxCgroup
+    workspace: Workspace
+    logbook: _LogBook
+    on_lost: Callable[[_Live, str], None]
+    channels: dict[int, _Channel] = field(default_factory=dict)
+    hello: asyncio.Future[None] | None = None
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+    alive: bool = True
+    stopping: bool = False
+    next_channel: int = MAIN_CHANNEL + 1
+    buffered: int = 0
+    paused: bool = False
+    main_exit: int | None = None
+    _parser: proto.FrameParser = field(default_factory=proto.FrameParser)
+    _out: bytearray = field(default_factory=bytearray)
+    _errors: bytearray = field(default_factory=bytearray)
+    _pidfd: int = -1
+
+    def __post_init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.hello = loop.create_future()
+        assert self.process.stdin is not None
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self._in_fd = self.process.stdin.fileno()
+        self._out_fd = self.process.stdout.fileno()
+        self._err_fd = self.process.stderr.fileno()
+        for fd in (self._in_fd, self._out_fd, self._err_fd):
+            os.set_blocking(fd, False)
+        loop.add_reader(self._out_fd, self._on_readable)
+        loop.add_reader(self._err_fd, self._on_stderr)
+        self._pidfd = os.pidfd_open(self.process.pid)
+        loop.add_reader(self._pidfd, self._on_exit)
+
+    # Channels.
+
+    def open_channel(self, channel_id: int | None = None) -> _Channel:
+        if not self.alive:
+            raise Conflict(f"Sandbox {self.spec.id} is not running.")
+        if channel_id is None:
+            channel_id = self.next_channel
+            self.next_channel = self.next_channel % 0xFFFFFFF0 + 1
+        channel = self.channels[channel_id] = _Channel(channel_id, self)
+        return channel
+
+    def close_channel(self, channel: _Channel) -> None:
+        self.channels.pop(channel.id, None)
+        while not channel.queue.empty():
+            item = channel.queue.get_nowait()
+            if isinstance(item, proto.Frame):
+                self.account_buffered(-len(item.payload))
+
+    def account_buffered(self, delta: int) -> None:
+        self.buffered += delta
+        if not self.alive:
+            return
+        loop = asyncio.get_running_loop()
+        if not self.paused and self.buffered > PAUSE_BYTES:
+            self.paused = True
+            loop.remove_reader(self._out_fd)
+        elif self.paused and self.buffered < RESUME_BYTES:
+            self.paused = False
+            loop.add_reader(self._out_fd, self._on_readable)
+
+    # Writing to the agent.
+
+    def send(self, data: bytes) -> None:
+        if not self.alive:
+            raise Conflict(f"Sandbox {self.spec.id} is not running.")
+        if self._out:
+            self._out += data
+            return
+        try:
+            written = os.write(self._in_fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self.lose(f"the agent's input closed: {exc}")
+            return
+        if written < len(data):
+            self._out += data[written:]
+            self.drained.clear()
+            asyncio.get_running_loop().add_writer(self._in_fd, self._on_writable)
+
+    def pending_output(self) -> int:
+        return len(self._out)
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self._in_fd, self._out)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.lose(f"the agent's input closed: {exc}")
+            return
+        del self._out[:written]
+        if not self._out:
+            self.drained.set()
+            asyncio.get_running_loop().remove_writer(self._in_fd)
+
+    # Reading from the agent.
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._out_fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.lose(f"cannot read from the agent: {exc}")
+            return
+        if not data:
+            self.lose("the agent stopped")
+            return
+        try:
+            frames = self._parser.feed(data)
+        except proto.ProtocolError as exc:
+            self.lose(str(exc))
+            return
+        for item in frames:
+            self._dispatch(item)
+
+    def _dispatch(self, item: proto.Frame) -> None:
+        if item.channel == 0:
+            if item.type == proto.HELLO and self.hello and not self.hello.done():
+                self.hello.set_result(None)
+            elif item.type == proto.FAULT:
+                self.lose(f"the agent failed: {item.payload[:500].decode(errors='replace')}")
+            return
+        channel = self.channels.get(item.channel)
+        if channel is not None:
+            channel.put(item)
+
+    def _on_stderr(self) -> None:
+        try:
+            data = os.read(self._err_fd, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(self._err_fd)
+            return
+        self._errors += data
+        del self._errors[:-4096]
+
+    def diagnostics(self) -> str:
+        return self._errors.decode(errors="replace").strip()
+
+    def _on_exit(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._pidfd)
+        self.process.poll()
+        self.exited.set()
+        self.lose("the sandbox's processes ended")
+
+    # Ending.
+
+    def lose(self, reason: str) -> None:
+        """The sandbox cannot be used any more: wake everyone who waits on it."""
+        if not self.alive:
+            return
+        self.alive = False
+        self.drained.set()
+        loop = asyncio.get_running_loop()
+        for fd in (self._out_fd, self._err_fd):
+            loop.remove_reader(fd)
+        loop.remove_writer(self._in_fd)
+        if self.hello and not self.hello.done():
+            self.hello.set_exception(SandboxError(reason))
+        for channel in list(self.channels.values()):
+            channel.put(_LOST)
+        if not self.stopping:
+            self.on_lost(self, reason)
+
+    def release(self) -> None:
+        """Close every descriptor; after the process has been reaped."""
+        loop = asyncio.get_running_loop()
+        if self._pidfd >= 0:
+            if not self.exited.is_set():
+                loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self.logbook.close()
+
+
+def _errno_error(number: int, path: str) -> Exception:
+    if number == errno.ENOENT:
+        return NotFound(f"No such file or directory in the sandbox: {path}")
+    if number == errno.ENOTDIR:
+        return NotFound(f"A parent of {path} is not a directory.")
+    if number == errno.EISDIR:
+        return InvalidInput(f"{path} is a directory.")
+    if number == errno.ELOOP:
+        return InvalidInput(f"{path} is a symbolic link; links are not followed.")
+    if number == errno.EINVAL:
+        return InvalidInput(f"{path} is not a regular file.")
+    if number in (errno.EACCES, errno.EPERM):
+        return PermissionDenied(f"The sandbox's user may not access {path}.")
+    if number == errno.EROFS:
+        return PermissionDenied(f"{path} is on a read-only file system.")
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull()
+    if number == errno.EFBIG:
+        return StorageFull(f"{path} is too large for the sandbox's storage.")
+    return SandboxError(f"{path}: {os.strerror(number)}")
+
+
+class NamespaceBackend(SandboxBackend):
+    """bubblewrap + cgroups + seccomp + the in-sandbox agent."""
+
+    name = "namespace"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        state_dir: Path,
+        *,
+        instance: str,
+        account: str = SANDBOX_USER,
+        default_pids: int = 512,
+    ) -> None:
+        self._root = run_dir / instance
+        self._sandboxes = self._root / "sandboxes"
+        self._logs = state_dir / "logs"
+        self._parent = f"stockade-{instance}"
+        self._account_name = account
+        self._default_pids = default_pids
+        self._live: dict[str, _Live] = {}
+        self._ready = False
+        self._program = b""
+        self._agent = self._root / "agent"
+        self._account: Account | None = None
+        self._layout: CgroupLayout | None = None
+        self._alternatives: tuple[tuple[str, str], ...] = ()
+        self.on_lost: Callable[[str, str], None] | None = None
+
+    # Set-up.
+
+    def unavailable_reason(self) -> str | None:
+        if os.geteuid() != 0:
+            return (
+                "the namespace backend needs the daemon to run as root (to mount and use cgroups)"
+            )
+        for program in ("bwrap",):
+            if shutil.which(program) is None:
+                return f"{program} is not installed: run `make install`"
+        try:
+            Account.lookup(self._account_name)
+        except SandboxError as exc:
+            return exc.message
+        try:
+            layout = CgroupLayout.detect()
+        except (OSError, SandboxError) as exc:
+            return f"no usable cgroup hierarchy: {exc}"
+        if not layout.v1_roots() and not layout.v2_limited():
+            return "no cgroup controllers are mounted"
+        return None
+
+    async def start(self) -> None:
+        """Prepare the run directory, the agent, the seccomp program and /etc."""
+        if self._ready:
+            return
+        reason = self.unavailable_reason()
+        if reason:
+            raise SandboxError(reason)
+        self._account = Account.lookup(self._account_name)
+        self._layout = CgroupLayout.detect()
+        self._program = await asyncio.to_thread(bpf_program)
+        binary = await asyncio.to_thread(agent_binary)
+        for directory in (self._root.parent, self._root, self._sandboxes):
+            directory.mkdir(mode=0o711, exist_ok=True)
+            directory.chmod(0o711)
+        self._logs.mkdir(mode=0o700, parents=True, exist_ok=True)
+        staged = self._root / "agent.new"
+        shutil.copyfile(binary, staged)
+        staged.chmod(0o755)
+        staged.replace(self._agent)
+        etc = self._root / "etc"
+        etc.mkdir(mode=0o755, exist_ok=True)
+        for name, text in ETC_FILES.items():
+            (etc / name).write_text(text)
+            (etc / name).chmod(0o644)
+        await asyncio.to_thread(_copy_host_etc, etc)
+        aliases = self._root / "bin"
+        aliases.mkdir(mode=0o755, exist_ok=True)
+        for name, target in ALIASES.items():
+            link = aliases / name
+            if not link.is_symlink():
+                link.symlink_to(target)
+        self._alternatives = (
+            ((HOST_ALTERNATIVES, HOST_ALTERNATIVES),) if Path(HOST_ALTERNATIVES).is_dir() else ()
+        )
+        self._ready = True
+
+    async def close(self) -> None:
+        """Destroy every sandbox this backend runs (the daemon is stopping), then remove
+        the run directory and the cgroup parent: a stopped daemon leaves nothing."""
+        await asyncio.gather(*(self.destroy(i) for i in list(self._live)))
+        if self._ready and self._layout is not None:
+            await asyncio.to_thread(self._remove_root, self._layout)
+            self._ready = False
+
+    def _remove_root(self, layout: CgroupLayout) -> None:
+        for name in list_sandbox_groups(layout, self._parent):
+            self._remove_remains(name, None, None)
+        for root in layout.roots():
+            with contextlib.suppress(OSError):
+                (root / self._parent).rmdir()
+        if self._sandboxes.is_dir():
+            for leftover in self._sandboxes.iterdir():
+                Workspace(leftover).destroy()
+        shutil.rmtree(self._root, ignore_errors=True)
+
+    def live_ids(self) -> list[str]:
+        return list(self._live)
+
+    # The interface.
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        await self.start()
+        assert self._account is not None
+        assert self._layout is not None
+        if spec.image not in IMAGES:
+            raise InvalidInput(
+                f"Unknown image {spec.image!r}; the images available are: {', '.join(IMAGES)}."
+            )
+        if not spec.network.isolated:
+            raise InvalidInput(
+                "This daemon's namespace backend gives sandboxes no network; egress "
+                "(allow_internet, allowed_egress_cidrs) is not available yet."
+            )
+        if spec.id in self._live:
+            raise Conflict(f"Sandbox {spec.id} exists.")
+        started = time.perf_counter()
+        account = self._account
+        resources = spec.resources
+        workspace = Workspace(self._sandboxes / spec.id)
+        group: SandboxCgroup | None = None
+        live: _Live | None = None
+        try:
+            workspace.create(
+                size=resources.storage_bytes or 1 << 30, uid=account.uid, gid=account.gid
+            )
+            limits = CgroupLimits(
+                memory_bytes=resources.memory_bytes,
+                pids=resources.pids or self._default_pids,
+                cpu_millicores=resources.cpu_millicores,
+            )
+            try:
+                group = SandboxCgroup.create(self._layout, spec.id, limits, parent=self._parent)
+            except FileExistsError as exc:
+                raise Conflict(f"Sandbox {spec.id} exists.") from exc
+            uid = 1000 if spec.run_as_user is None else spec.run_as_user
+            writable = [(name, target) for name, target, _ in BINDS]
+            if spec.read_only_root:
+                writable = [(n, t) for n, t in writable if t != HOME]
+            profile = Profile(
+                account=account,
+                uid=uid,
+                gid=uid if spec.run_as_group is None else spec.run_as_group,
+                env={"PATH": SANDBOX_PATH, "HOME": HOME},
+                workdir=HOME if not spec.read_only_root else "/tmp",  # noqa: S108
+                tmp_bytes=None,
+                ro_binds=(
+                    *HOST_IMAGE_BINDS,
+                    (str(self._root / "etc"), "/etc"),
+                    *self._alternatives,
+                    (str(self._agent), AGENT_PATH),
+                    (str(self._root / "bin"), ALIAS_DIR),
+                ),
+                symlinks=HOST_IMAGE_LINKS,
+                binds=[(str(workspace.source(name)), target) for name, target in writable],
+                read_only_root=True,
+            )
+            launcher = [
+                str(self._agent),
+                "launch",
+                str(account.uid),
+                str(account.gid),
+                *(str(d / "cgroup.procs") for d in group.dirs),
+                "--",
+            ]
+            fd = program_fd(self._program)
+            try:
+                # On this thread, on purpose: see the module's docstring.
+                process = subprocess.Popen(  # noqa: S603, ASYNC220 - every argument is ours
+                    command(profile, [AGENT_PATH, "serve"], seccomp_fd=fd, launcher=launcher),
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=(fd,),
+                    close_fds=True,
+                    start_new_session=True,
+                    cwd="/",
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                )
+            finally:
+                os.close(fd)
+            live = _Live(
+                spec=spec,
+                process=process,
+                group=group,
+                workspace=workspace,
+                logbook=_LogBook(self._logs / f"{spec.id}.jsonl"),
+                on_lost=self._lost,
+            )
+            self._live[spec.id] = live
+            assert live.hello is not None
+            try:
+                await asyncio.wait_for(asyncio.shield(live.hello), HELLO_TIMEOUT)
+            except (SandboxError, TimeoutError) as exc:
+                await asyncio.sleep(0)  # let the last of bubblewrap's stderr arrive
+                detail = live.diagnostics() or str(exc) or "no answer from the agent"
+                raise SandboxError(f"the sandbox did not start: {detail}") from exc
+        except BaseException:
+            if live is not None:
+                await self._teardown(live)
+            else:
+                await asyncio.to_thread(self._remove_remains, spec.id, group, workspace)
+            raise
+        if spec.command:
+            asyncio.get_running_loop().create_task(self._run_main(live))
+        spawn_ms = (time.perf_counter() - started) * 1000
+        return SandboxInfo(
+            id=spec.id, backend=self.name, created_at=datetime.now(UTC), spawn_time_ms=spawn_ms
+        )
+
+    async def _run_main(self, live: _Live) -> None:
+        """Run the sandbox's ``command`` on its own channel; its output is the log."""
+        assert live.spec.command
+        with contextlib.suppress(SandboxError, Conflict):
+            async for event in self._exec(live, list(live.spec.command), MAIN_CHANNEL):
+                if isinstance(event, Output):
+                    live.logbook.feed(event.stream, event.data)
+                else:
+                    live.main_exit = event.code
+        live.logbook.flush()
+
+    def exec(
+        self,
+        sandbox_id: str,
+        argv: list[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        stdin: bytes | AsyncIterator[bytes] | None = None,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        live = self._require(sandbox_id)
+        return self._exec(live, argv, None, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+
+    async def _exec(
+        self,
+        live: _Live,
+        argv: list[str],
+        channel_id: int | None,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the command's, not this call's
+        stdin: bytes | AsyncIterator[bytes] | None = None,
+    ) -> AsyncGenerator[ExecEvent, None]:
+        if not argv or not argv[0]:
+            raise InvalidInput("The command is empty.")
+        environment = {"PATH": SANDBOX_PATH, "HOME": HOME} | dict(live.spec.env) | dict(env or {})
+        channel = live.open_channel(channel_id)
+        loop = asyncio.get_running_loop()
+        timers: list[asyncio.TimerHandle] = []
+        feeder: asyncio.Task[None] | None = None
+        finished = False
+        timed_out = False
+        try:
+            live.send(
+                proto.exec_request(
+                    channel.id,
+                    argv,
+                    environment,
+                    cwd or (HOME if not live.spec.read_only_root else "/tmp"),  # noqa: S108
+                    stdin=stdin is not None,
+                )
+            )
+            if isinstance(stdin, bytes):
+                for chunk in proto.stdin_chunks(channel.id, stdin):
+                    live.send(chunk)
+                live.send(proto.stdin_eof(channel.id))
+            elif stdin is not None:
+                feeder = loop.create_task(self._feed(live, channel.id, stdin))
+            if timeout is not None:
+                timers.append(loop.call_later(max(timeout, 0.0), channel.put, _TIMEOUT))
+            while True:
+                item = await channel.get()
+                if item is _TIMEOUT:
+                    timed_out = True
+                    live.send(proto.signal_request(channel.id, signal.SIGKILL, proto.SCOPE_TREE))
+                    timers.append(loop.call_later(KILL_GRACE, channel.put, _GIVE_UP))
+                    continue
+                if item is _GIVE_UP:
+                    finished = True
+                    yield Exit(128 + signal.SIGKILL, timed_out=True)
+                    return
+                if item is _LOST:
+                    raise SandboxError(f"sandbox {live.spec.id} stopped during the command")
+                assert isinstance(item, proto.Frame)
+                if item.type == proto.STDOUT:
+                    yield Output("stdout", item.payload)
+                elif item.type == proto.STDERR:
+                    yield Output("stderr", item.payload)
+                elif item.type == proto.EXIT:
+                    finished = True
+                    yield Exit(proto.exit_status(item.payload), timed_out=timed_out)
+                    return
+        finally:
+            for timer in timers:
+                timer.cancel()
+            if feeder is not None:
+                feeder.cancel()
+            if not finished and live.alive:
+                # Abandoned by its caller: hang up on it, as a closed terminal would.
+                live.send(proto.signal_request(channel.id, signal.SIGHUP, proto.SCOPE_GROUP))
+            live.close_channel(channel)
+
+    async def _feed(self, live: _Live, channel_id: int, source: AsyncIterator[bytes]) -> None:
+        with contextlib.suppress(Conflict):
+            async for data in source:
+                for chunk in proto.stdin_chunks(channel_id, data):
+                    live.send(chunk)
+            live.send(proto.stdin_eof(channel_id))
+
+    async def _request(
+        self, live: _Live, frames: Callable[[int], Iterable[bytes]]
+    ) -> AsyncIterator[proto.Frame]:
+        """Send a file request's frames (built for the channel it gets) and yield the
+        agent's answers up to END."""
+        channel = live.open_channel()
+        try:
+            for data in frames(channel.id):
+                live.send(data)
+                if live.pending_output() > RESUME_BYTES:
+                    await live.drained.wait()
+            while True:
+                item = await channel.get()
+                if item is _LOST:
+                    raise SandboxError(f"sandbox {live.spec.id} stopped")
+                assert isinstance(item, proto.Frame)
+                yield item
+                if item.type == proto.END:
+                    return
+        finally:
+            live.close_channel(channel)
+
+    async def read_file(self, sandbox_id: str, path: str, *, limit: int | None = None) -> bytes:
+        live = self._require(sandbox_id)
+        data = bytearray()
+        request = self._request(live, lambda ch: [proto.path_request(proto.READ, ch, path)])
+        too_large = False
+        async for item in request:
+            if item.type == proto.DATA:
+                if limit is not None and len(data) + len(item.payload) > limit:
+                    too_large = True
+                    continue
+                data += item.payload
+            elif item.type == proto.END:
+                number = proto.end_errno(item.payload)
+                if number:
+                    raise _errno_error(number, path)
+        if too_large:
+            raise PayloadTooLarge(f"{path} is larger than the {limit} bytes allowed.")
+        return bytes(data)
+
+    async def write_file(self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        live = self._require(sandbox_id)
+
+        def frames(channel: int) -> Iterable[bytes]:
+            yield proto.write_request(channel, path, mode)
+            yield from proto.write_chunks(channel, data)
+            yield proto.frame(proto.WRITE_END, channel)
+
+        async for item in self._request(live, frames):
+            if item.type == proto.END:
+                number = proto.end_errno(item.payload)
+                if number:
+                    raise _errno_error(number, path)
+
+    async def list_files(self, sandbox_id: str, path: str) -> list[FileEntry]:
+        live = self._require(sandbox_id)
+        entries: list[FileEntry] = []
+        request = self._request(live, lambda ch: [proto.path_request(proto.LIST, ch, path)])
+        async for item in request:
+            if item.type == proto.LISTING:
+                entries.extend(proto.listing_entries(path, item.payload))
+            elif item.type == proto.END:
+                number = proto.end_errno(item.payload)
+                if number:
+                    raise _errno_error(number, path)
+        return sorted(entries, key=lambda e: e.path)
+
+    async def logs(
+        self, sandbox_id: str, *, tail: int | None = None, follow: bool = False
+    ) -> AsyncIterator[LogLine]:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            lines = read_log_file(self._logs / f"{sandbox_id}.jsonl")
+            for line in _tail(lines, tail):
+                yield line
+            return
+        queue: asyncio.Queue[LogLine | None] = asyncio.Queue()
+        if follow:
+            live.logbook.followers.add(queue)
+        try:
+            for line in _tail(list(live.logbook.lines), tail):
+                yield line
+            if not follow:
+                return
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                yield item
+        finally:
+            live.logbook.followers.discard(queue)
+
+    async def stats(self, sandbox_id: str) -> Stats:
+        live = self._require(sandbox_id)
+        usage = await asyncio.to_thread(live.group.stats)
+        return Stats(
+            cpu_nanoseconds=usage.cpu_ns or 0,
+            memory_bytes=usage.memory_bytes or 0,
+            pids=max(0, usage.pids - BASELINE_PIDS),
+            disk_bytes=live.workspace.usage(),
+        )
+
+    async def destroy(self, sandbox_id: str, *, grace: float = 0.0) -> None:
+        live = self._live.get(sandbox_id)
+        if live is not None:
+            if grace > 0 and live.alive:
+                await self._terminate(live, grace)
+            await self._teardown(live)
+        else:
+            await asyncio.to_thread(self._remove_remains, sandbox_id, None, None)
+        (self._logs / f"{sandbox_id}.jsonl").unlink(missing_ok=True)
+
+    async def recover(self, known: Iterable[str]) -> Recovery:
+        await self.start()
+        assert self._layout
+        found = set(list_sandbox_groups(self._layout, self._parent))
+        if self._sandboxes.is_dir():
+            found.update(p.name for p in self._sandboxes.iterdir())
+        found -= set(self._live)
+        for name in sorted(found):
+            await asyncio.to_thread(self._remove_remains, name, None, None)
+        return Recovery(adopted=(), cleaned=tuple(sorted(found)))
+
+    # Internals.
+
+    def _require(self, sandbox_id: str) -> _Live:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            raise NotFound(f"No running sandbox {sandbox_id}.")
+        if not live.alive:
+            raise Conflict(f"Sandbox {sandbox_id} has stopped.")
+        return live
+
+    def _lost(self, live: _Live, reason: str) -> None:
+        logger.warning("sandbox %s stopped unexpectedly: %s", live.spec.id, reason)
+        if self.on_lost is not None:
+            self.on_lost(live.spec.id, reason)
+
+    async def _terminate(self, live: _Live, grace: float) -> None:
+        """SIGTERM every process but the agent, and give them ``grace`` seconds to end."""
+        with contextlib.suppress(Conflict):
+            live.send(proto.signal_request(0, signal.SIGTERM, proto.SCOPE_TREE))
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and live.alive:
+            if len(live.group.pids()) <= BASELINE_PIDS:
+                return
+            await asyncio.sleep(0.02)
+
+    async def _teardown(self, live: _Live) -> None:
+        """Kill, reap, and remove every trace of a sandbox."""
+        live.stopping = True
+        self._live.pop(live.spec.id, None)
+        group = live.group
+        # Kill the sandbox's pid 1: the kernel ends everything in its pid namespace, that
+        # init reaps it all, and bubblewrap (our child) reaps the init. Killing the whole
+        # cgroup at once instead would orphan the init to the host's pid 1, which may
+        # never reap it. The cgroup kill stays as the backstop.
+        if not _kill_sandbox_init(live.process.pid) and live.process.poll() is None:
+            live.process.kill()
+        if live.process.poll() is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(live.exited.wait(), EXIT_TIMEOUT)
+        if live.process.poll() is None:
+            live.process.kill()
+            await asyncio.to_thread(live.process.wait)
+        if group.pids():
+            fast = group.v2 is not None and _write_kill(group.v2)
+            if not fast:
+                await asyncio.to_thread(group.kill)
+        live.lose("the sandbox was destroyed")
+        live.release()
+        try:
+            # Everything in it is dead and reaped: the plain removals are enough.
+            for directory in group.dirs:
+                os.rmdir(directory)
+            live.workspace.remove()
+        except OSError:
+            await asyncio.to_thread(self._remove_remains, live.spec.id, group, live.workspace)
+
+    def _remove_remains(
+        self, name: str, group: SandboxCgroup | None, workspace: Workspace | None
+    ) -> None:
+        """Remove a sandbox's cgroup and storage, whatever state they are in."""
+        assert self._layout
+        try:
+            group = group or SandboxCgroup.locate(self._layout, name, parent=self._parent)
+            group.destroy()
+        except (OSError, InvalidInput) as exc:
+            logger.error("cannot remove the cgroup of sandbox %s: %s", name, exc)
+        try:
+            (workspace or Workspace(self._sandboxes / name)).destroy()
+        except OSError as exc:
+            logger.error("cannot remove the storage of sandbox %s: %s", name, exc)
+
+
+def _copy_host_etc(etc: Path) -> None:
+    """``HOST_ETC`` into the sandboxes' /etc, and a mount point for the alternatives."""
+    (etc / "alternatives").mkdir(exist_ok=True)
+    for name in HOST_ETC:
+        source = Path("/etc") / name
+        target = etc / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+        if source.is_symlink():
+            target.symlink_to(os.readlink(source))
+        elif source.is_dir():
+            shutil.copytree(source, target, symlinks=True)
+        elif source.is_file():
+            shutil.copyfile(source, target)
+            target.chmod(0o644)
+
+
+def _kill_sandbox_init(monitor: int) -> bool:
+    """SIGKILL the children of bubblewrap's monitor process (the sandbox's init)."""
+    try:
+        children = Path(f"/proc/{monitor}/task/{monitor}/children").read_text().split()
+    except OSError:
+        return False
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGKILL)
+    return bool(children)
+
+
+def _write_kill(directory: Path) -> bool:
+    try:
+        (directory / "cgroup.kill").write_text("1")
+    except OSError:
+        return False
+    return True
+
+
+def _tail(lines: list[LogLine], tail: int | None) -> list[LogLine]:
+    if tail is None:
+        return lines
+    return lines[-tail:] if tail > 0 else []

@@ -1,0 +1,592 @@
+"""Sandboxes as users see them: who may reach which, their lifecycle, and their store rows.
+
+One sandbox is one row in ``sandboxes`` and, while it runs, one sandbox in a backend.
+States: ``pending`` (row written, backend starting it) → ``running`` → ``terminating``
+(being destroyed) → ``terminated``; or ``failed`` (it did not start, it stopped on its
+own, or the daemon died under it). The row is written before the backend is asked, so a
+daemon killed at any moment leaves a row that the next start finds and settles.
+
+Reach: an admin reaches every sandbox; a user their own; an API key limited to named
+sandboxes only those, at the level it was given (``read`` to look, ``write`` to exec,
+attach and move files, ``admin`` to delete). Anything out of reach is ``NotFound``,
+exactly like a sandbox that does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import posixpath
+import re
+import secrets
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from stockade.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    StockadeError,
+    Unavailable,
+)
+from stockade.events import EventBus
+from stockade.metrics import Metrics
+from stockade.sandbox.base import (
+    ExecEvent,
+    ExecResult,
+    FileEntry,
+    LogLine,
+    NetworkPolicy,
+    Resources,
+    SandboxBackend,
+    SandboxError,
+    SandboxSpec,
+    Stats,
+    collect,
+)
+from stockade.sandbox.quantities import parse_bytes, parse_cpu
+from stockade.sandbox.workspace import HOME
+from stockade.services.principal import Permission, Principal
+from stockade.settings import Settings
+from stockade.store import Store
+from stockade.store.records import Sandbox
+from stockade.store.sandboxes import LIVE, LabelRequirement
+
+logger = logging.getLogger("stockade.sandboxes")
+
+STATUSES = ("pending", "running", "terminating", "terminated", "failed")
+RUNTIME_CLASSES = {
+    None: "namespace",
+    "": "namespace",
+    "runc": "namespace",
+    "namespace": "namespace",
+}
+EXEC_OUTPUT_LIMIT = 16 << 20
+DELETE_GRACE = 5.0
+REAP_INTERVAL = 1.0
+_LABEL_KEY = re.compile(
+    r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+)
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentRequest:
+    """What a caller asks for, in seed 004's terms; ``raw`` is the body as sent."""
+
+    name: str
+    image: str = "host"
+    cpu: str | None = None
+    memory: str | None = None
+    storage: str | None = None
+    timeout: int | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    command: Sequence[str] | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    runtime_class: str | None = None
+    allow_internet: bool = False
+    allowed_egress_cidrs: Sequence[str] = ()
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool | None = None
+    read_only_root_filesystem: bool = False
+    allow_privilege_escalation: bool | None = None
+    privileged: bool | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a running sandbox uses now; cpu is averaged since the previous look."""
+
+    cpu_millicores: float
+    memory_bytes: int
+    disk_bytes: int | None
+    processes: int
+
+
+def parse_selector(text: str | None) -> list[LabelRequirement]:
+    """A Kubernetes-style equality selector: ``k=v``, ``k==v``, ``k!=v``, ``k``, ``!k``,
+    joined by commas."""
+    if not text:
+        return []
+    requirements: list[LabelRequirement] = []
+    for term in (t.strip() for t in text.split(",")):
+        match = re.fullmatch(r"(!?)([^=!\s]+)(?:\s*(==|=|!=)\s*(\S*))?", term)
+        if not match or (match.group(1) and match.group(3)):
+            raise InvalidInput(
+                f"Invalid label selector term {term!r}; use key=value, key!=value, key or !key."
+            )
+        negate, key, op, value = match.groups()
+        if not _LABEL_KEY.fullmatch(key) or (
+            value is not None and not _LABEL_VALUE.fullmatch(value)
+        ):
+            raise InvalidInput(f"Invalid label selector term {term!r}: not a valid label.")
+        if op is None:
+            requirements.append(LabelRequirement(key, "absent" if negate else "exists"))
+        else:
+            requirements.append(LabelRequirement(key, "!=" if op == "!=" else "=", value))
+    return requirements
+
+
+def sandbox_path(path: str | None) -> str:
+    """A path inside the sandbox, relative ones from its home. ``..`` is refused."""
+    if not path or "\0" in path:
+        raise InvalidInput("path is required: the file's path inside the sandbox.")
+    if ".." in path.split("/"):
+        raise InvalidInput(f"path {path!r} may not contain '..'.")
+    full = path if path.startswith("/") else f"{HOME}/{path}"
+    return posixpath.normpath(full)
+
+
+class SandboxService:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        backend: SandboxBackend,
+        events: EventBus,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._backend = backend
+        self._events = events
+        self._metrics = metrics
+        self._live: dict[str, Sandbox] = {}  # running sandboxes of this daemon
+        self._expiry: dict[str, float] = {}  # id -> monotonic deadline
+        self._cpu_samples: dict[str, tuple[int, float]] = {}  # id -> (cpu ns, monotonic)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+        self._available: str | None = "not started"
+        self._creating = 0
+        backend.on_lost = self._on_lost
+
+    @property
+    def backend_name(self) -> str:
+        return self._backend.name
+
+    def backend_status(self) -> str:
+        """What ``/health`` says about the backend."""
+        if self._available is None:
+            return f"{self._backend.name}: ok"
+        return f"{self._backend.name}: unavailable ({self._available})"
+
+    async def active_count(self) -> int:
+        return len(self._live)
+
+    # Start and stop.
+
+    async def start(self) -> None:
+        """Prepare the backend, settle sandboxes a previous run left, start the reaper."""
+        self._available = self._backend.unavailable_reason()
+        if self._available is None:
+            try:
+                await self._backend.start()
+            except (SandboxError, OSError) as exc:
+                self._available = str(exc)
+        if self._available is not None:
+            logger.warning("sandboxes are unavailable: %s", self._available)
+        leftover = await self._store.sandboxes.live()
+        if self._available is None:
+            recovery = await self._backend.recover([r.id for r in leftover])
+            if recovery.cleaned:
+                logger.info("removed what %d sandboxes left behind", len(recovery.cleaned))
+        now = datetime.now(UTC)
+        await self._store.sandboxes.mark_many(
+            [r.id for r in leftover],
+            status="failed",
+            reason="The daemon stopped while this sandbox ran; it was cleaned up.",
+            at=now,
+        )
+        for record in leftover:
+            self._publish("sandbox.failed", record)
+        self._reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def stop(self) -> None:
+        """Destroy this daemon's sandboxes: nothing of them outlives it."""
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for task in list(self._tasks):
+            task.cancel()
+        ids = list(self._live)
+        await self._backend.close()
+        await self._store.sandboxes.mark_many(
+            ids, status="terminated", reason="The daemon stopped.", at=datetime.now(UTC)
+        )
+        self._live.clear()
+
+    # Reach.
+
+    def _visible(self, principal: Principal, record: Sandbox) -> bool:
+        if principal.permissions is not None and record.id not in principal.permissions:
+            return False
+        return principal.is_admin or record.owner_id == principal.user_id
+
+    async def _reach(self, principal: Principal, sandbox_id: str, needed: Permission) -> Sandbox:
+        record = self._live.get(sandbox_id) or await self._store.sandboxes.get(sandbox_id)
+        if record is None or not self._visible(principal, record):
+            raise NotFound(f"Environment {sandbox_id} not found.")
+        if not principal.can(sandbox_id, needed):
+            granted = (principal.permissions or {})[sandbox_id]
+            raise PermissionDenied(
+                f"This API key has {granted.value} permission on {sandbox_id}; "
+                f"{needed.value} is needed."
+            )
+        return record
+
+    async def _running(self, principal: Principal, sandbox_id: str, needed: Permission) -> Sandbox:
+        record = await self._reach(principal, sandbox_id, needed)
+        if record.status != "running" or sandbox_id not in self._live:
+            raise Conflict(f"Environment {sandbox_id} is {record.status}, not running.")
+        return record
+
+    # Queries.
+
+    async def get(self, principal: Principal, sandbox_id: str) -> Sandbox:
+        return await self._reach(principal, sandbox_id, Permission.READ)
+
+    async def page(
+        self,
+        principal: Principal,
+        *,
+        status: str | None = None,
+        label: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[list[Sandbox], int]:
+        if status is not None and status not in STATUSES:
+            raise InvalidInput(f"Unknown status {status!r}; use one of: {', '.join(STATUSES)}.")
+        selector = parse_selector(label)
+        ids = None if principal.permissions is None else list(principal.permissions)
+        return await self._store.sandboxes.page(
+            owner_id=None if principal.is_admin else principal.user_id,
+            ids=ids,
+            statuses=[status] if status else None,
+            selector=selector,
+            limit=limit,
+            offset=offset,
+        )
+
+    async def active(self, principal: Principal) -> list[Sandbox]:
+        """The live sandboxes the caller reaches, oldest first."""
+        records, _ = await self.page(principal, limit=self._settings.sandbox_max * 4)
+        return sorted((r for r in records if r.status in LIVE), key=lambda r: r.created_at)
+
+    async def stats(self, record: Sandbox) -> Stats | None:
+        """Current usage of a running sandbox, None otherwise."""
+        if record.id not in self._live:
+            return None
+        try:
+            return await self._backend.stats(record.id)
+        except (StockadeError, OSError):
+            return None
+
+    async def usage(self, record: Sandbox) -> Usage | None:
+        stats = await self.stats(record)
+        if stats is None:
+            return None
+        now = time.monotonic()
+        before = self._cpu_samples.get(record.id)
+        if before is not None and now - before[1] > 0.05:
+            used, elapsed = stats.cpu_nanoseconds - before[0], now - before[1]
+        else:
+            started = record.started_at or record.created_at
+            used, elapsed = stats.cpu_nanoseconds, (_now() - started).total_seconds()
+        self._cpu_samples[record.id] = (stats.cpu_nanoseconds, now)
+        return Usage(
+            cpu_millicores=max(0.0, used / max(elapsed, 1e-3) / 1e6),
+            memory_bytes=stats.memory_bytes,
+            disk_bytes=stats.disk_bytes,
+            processes=stats.pids,
+        )
+
+    # Create and destroy.
+
+    def _spec(self, sandbox_id: str, request: EnvironmentRequest) -> SandboxSpec:
+        settings = self._settings
+        backend = RUNTIME_CLASSES.get(request.runtime_class)
+        if backend is None or backend != self._backend.name:
+            raise InvalidInput(
+                f"Unknown runtime_class {request.runtime_class!r}; this daemon offers "
+                f"'{self._backend.name}' (asked for as 'runc', or by leaving it out)."
+            )
+        if request.allow_privilege_escalation or request.privileged:
+            raise InvalidInput("Privilege escalation and privileged sandboxes are never allowed.")
+        if request.run_as_non_root and request.run_as_user == 0:
+            raise InvalidInput("run_as_user 0 contradicts run_as_non_root.")
+        for name in request.env:
+            if not _ENV_NAME.fullmatch(name):
+                raise InvalidInput(f"env: {name!r} is not a valid variable name.")
+        for key, value in request.labels.items():
+            if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                raise InvalidInput(f"labels: {key}={value} is not a valid label.")
+        if request.command is not None and (not request.command or not request.command[0]):
+            raise InvalidInput("command: give a program to run, or leave command out.")
+        storage = parse_bytes(
+            request.storage or settings.sandbox_storage, field="resources.storage"
+        )
+        most = parse_bytes(settings.sandbox_max_storage, field="STOCKADE_SANDBOX_MAX_STORAGE")
+        if storage > most:
+            raise InvalidInput(
+                f"resources.storage: {request.storage} is more than the "
+                f"{settings.sandbox_max_storage} this daemon allows."
+            )
+        return SandboxSpec(
+            id=sandbox_id,
+            image=request.image,
+            resources=Resources(
+                cpu_millicores=parse_cpu(request.cpu or settings.sandbox_cpu),
+                memory_bytes=parse_bytes(
+                    request.memory or settings.sandbox_memory, field="resources.memory"
+                ),
+                storage_bytes=storage,
+                pids=settings.sandbox_pids,
+            ),
+            env=dict(request.env),
+            command=tuple(request.command) if request.command else None,
+            network=NetworkPolicy(
+                allow_internet=request.allow_internet,
+                allowed_egress_cidrs=tuple(request.allowed_egress_cidrs),
+            ),
+            read_only_root=request.read_only_root_filesystem,
+            run_as_user=request.run_as_user,
+            run_as_group=request.run_as_group,
+        )
+
+    async def create(self, principal: Principal, request: EnvironmentRequest) -> Sandbox:
+        """Validate, record, start. Returns the row as it stands: ``running``, or
+        ``failed`` with the reason when the backend could not start it."""
+        if principal.permissions is not None:
+            raise PermissionDenied(
+                "This API key is limited to named environments and cannot create new ones."
+            )
+        timeout = self._settings.sandbox_timeout if request.timeout is None else request.timeout
+        if timeout <= 0:
+            raise InvalidInput("timeout must be a positive number of seconds.")
+        sandbox_id = f"env-{secrets.token_hex(6)}"
+        spec = self._spec(sandbox_id, request)
+        if self._available is not None:
+            raise Unavailable(f"Sandboxes are unavailable: {self._available}")
+        if len(self._live) + self._creating >= self._settings.sandbox_max:
+            raise Unavailable(
+                f"This daemon already runs its maximum of {self._settings.sandbox_max} sandboxes."
+            )
+        now = datetime.now(UTC)
+        record = Sandbox(
+            id=sandbox_id,
+            owner_id=principal.user_id,
+            name=request.name,
+            image=request.image,
+            backend=self._backend.name,
+            status="pending",
+            status_reason=None,
+            spec=dict(request.raw),
+            timeout_seconds=timeout,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            expires_at=now + timedelta(seconds=timeout),
+            spawn_time_ms=None,
+            labels=dict(request.labels),
+        )
+        self._creating += 1
+        try:
+            # Shielded: a caller that goes away must not leave a half-made sandbox.
+            return await asyncio.shield(self._start(record, spec))
+        finally:
+            self._creating -= 1
+
+    async def _start(self, record: Sandbox, spec: SandboxSpec) -> Sandbox:
+        """Start the sandbox, then write its row once, as running or failed. (Its row is
+        not needed before: a sandbox is never acknowledged before it runs, and whatever
+        a crash in between leaves on the host, ``recover`` removes.)"""
+        try:
+            info = await self._backend.create(spec)
+        except (SandboxError, OSError) as exc:
+            logger.error("sandbox %s did not start: %s", record.id, exc)
+            failed = _replace(
+                record,
+                status="failed",
+                status_reason=f"The sandbox did not start: {exc}",
+                finished_at=_now(),
+            )
+            await self._store.sandboxes.create(failed)
+            self._publish("sandbox.failed", failed)
+            return failed
+        running = _replace(
+            record,
+            status="running",
+            started_at=info.created_at,
+            spawn_time_ms=round(info.spawn_time_ms, 3),
+        )
+        try:
+            await self._store.sandboxes.create(running)
+        except BaseException:
+            await self._backend.destroy(record.id)
+            raise
+        self._live[record.id] = running
+        self._expiry[record.id] = time.monotonic() + record.timeout_seconds
+        self._metrics.observe_spawn(self._backend.name, info.spawn_time_ms / 1000)
+        self._metrics.active_sandboxes.labels(self._backend.name).set(len(self._live))
+        self._publish("sandbox.running", running)
+        return running
+
+    async def delete(self, principal: Principal, sandbox_id: str, *, force: bool = False) -> None:
+        """Destroy a sandbox (gracefully unless ``force``) and keep its row as terminated.
+        Deleting one that has already ended removes what is left of it (its logs)."""
+        record = await self._reach(principal, sandbox_id, Permission.ADMIN)
+        await self._destroy(record, "Deleted.", grace=0.0 if force else DELETE_GRACE)
+
+    async def _destroy(self, record: Sandbox, reason: str, *, grace: float = 0.0) -> None:
+        """Destroy the backend's sandbox and record it terminated. While that runs the
+        daemon's own view says ``terminating``; a crash in between leaves a row that says
+        running, which the next start settles as failed."""
+        live = record.status in LIVE
+        if live:
+            self._live[record.id] = _replace(record, status="terminating")
+        try:
+            await self._backend.destroy(record.id, grace=grace)
+        finally:
+            self._forget(record.id)
+            if live:
+                await self._store.sandboxes.update(
+                    record.id,
+                    only_from=list(LIVE),
+                    status="terminated",
+                    status_reason=reason,
+                    finished_at=_now(),
+                )
+                self._publish("sandbox.terminated", _replace(record, status="terminated"))
+
+    def _forget(self, sandbox_id: str) -> None:
+        self._live.pop(sandbox_id, None)
+        self._expiry.pop(sandbox_id, None)
+        self._cpu_samples.pop(sandbox_id, None)
+        self._metrics.active_sandboxes.labels(self._backend.name).set(len(self._live))
+
+    def _on_lost(self, sandbox_id: str, reason: str) -> None:
+        """A sandbox stopped by itself (its agent died): fail it and clean up."""
+        record = self._live.get(sandbox_id)
+        if record is None:
+            return
+        self._forget(sandbox_id)
+        self._spawn(self._fail(record, f"The sandbox stopped unexpectedly: {reason}"))
+
+    async def _fail(self, record: Sandbox, reason: str) -> None:
+        await self._backend.destroy(record.id)
+        await self._store.sandboxes.update(
+            record.id,
+            only_from=list(LIVE),
+            status="failed",
+            status_reason=reason,
+            finished_at=_now(),
+        )
+        self._publish("sandbox.failed", _replace(record, status="failed"))
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reap(self) -> None:
+        """Destroy sandboxes whose ``timeout`` has passed."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL)
+            now = time.monotonic()
+            for sandbox_id in [i for i, deadline in self._expiry.items() if deadline <= now]:
+                record = self._live.get(sandbox_id)
+                if record is not None:
+                    try:
+                        await self._destroy(record, "Its timeout passed.")
+                    except Exception:
+                        logger.exception("the reaper could not destroy %s", sandbox_id)
+
+    # Inside a sandbox.
+
+    async def exec(
+        self,
+        principal: Principal,
+        sandbox_id: str,
+        argv: Sequence[str],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the command's limit, not this call's
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        stdin: bytes | None = None,
+    ) -> ExecResult:
+        await self._running(principal, sandbox_id, Permission.WRITE)
+        _check_command(argv)
+        events = self._backend.exec(
+            sandbox_id, list(argv), env=env, cwd=cwd, timeout=timeout, stdin=stdin
+        )
+        try:
+            return await collect(events, limit=EXEC_OUTPUT_LIMIT)
+        except Conflict as exc:
+            raise Conflict(f"Environment {sandbox_id} stopped during the command.") from exc
+
+    async def attach(
+        self,
+        principal: Principal,
+        sandbox_id: str,
+        argv: Sequence[str],
+        stdin: AsyncIterator[bytes],
+    ) -> AsyncGenerator[ExecEvent, None]:
+        """An interactive process (a shell by default) fed from ``stdin``."""
+        await self._running(principal, sandbox_id, Permission.WRITE)
+        _check_command(argv)
+        return self._backend.exec(sandbox_id, list(argv), stdin=stdin)
+
+    async def logs(
+        self, principal: Principal, sandbox_id: str, *, tail: int | None, follow: bool
+    ) -> AsyncIterator[LogLine]:
+        await self._reach(principal, sandbox_id, Permission.READ)
+        return self._backend.logs(sandbox_id, tail=tail, follow=follow and sandbox_id in self._live)
+
+    async def read_file(self, principal: Principal, sandbox_id: str, path: str) -> bytes:
+        await self._running(principal, sandbox_id, Permission.WRITE)
+        return await self._backend.read_file(
+            sandbox_id, sandbox_path(path), limit=self._settings.max_upload_bytes
+        )
+
+    async def write_file(
+        self, principal: Principal, sandbox_id: str, path: str, data: bytes, mode: int = 0o644
+    ) -> str:
+        await self._running(principal, sandbox_id, Permission.WRITE)
+        target = sandbox_path(path)
+        await self._backend.write_file(sandbox_id, target, data, mode)
+        return target
+
+    async def list_files(self, principal: Principal, sandbox_id: str, path: str) -> list[FileEntry]:
+        await self._running(principal, sandbox_id, Permission.WRITE)
+        return await self._backend.list_files(sandbox_id, sandbox_path(path))
+
+    def _publish(self, kind: str, record: Sandbox) -> None:
+        self._events.publish(
+            kind,
+            {"id": record.id, "name": record.name, "status": record.status},
+            owner=record.owner_id,
+        )
+
+
+def _check_command(argv: Sequence[str]) -> None:
+    if not argv or not argv[0]:
+        raise InvalidInput('command must name a program to run, such as ["ls", "-la"].')
+    if any("\0" in arg for arg in argv):
+        raise InvalidInput("command may not contain NUL bytes.")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _replace(record: Sandbox, **changes: Any) -> Sandbox:
+    return replace(record, **changes)

@@ -1,0 +1,87 @@
+"""Acceptance: AgentBox's "Complete Workflow Example" (seed 004) runs against a real
+daemon with curl and jq. The script is read from the seed and changed only where the
+issue allows: the server address and token, the image name (``host``), and the
+``pip install`` step, which needs the internet this machine does not have."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from stockade.sandbox.cgroups import CgroupLayout
+from stockade.testing import ADMIN_PASSWORD, daemon_process
+from tests.seeds import fenced_block, seed_text
+
+PIP_STEP = re.compile(r'echo "Installing dependencies\.\.\."\ncurl .*?\| jq\n', re.DOTALL)
+
+
+def workflow(server: str, token: str) -> str:
+    script = fenced_block(seed_text("004"), "## Complete Workflow Example")
+    edited = script.replace('SERVER="https://your-server/api/v1"', f'SERVER="{server}/api/v1"')
+    edited = edited.replace('TOKEN="your-jwt-token"', f'TOKEN="{token}"')
+    edited = edited.replace('"image": "python:3.11-slim"', '"image": "host"')
+    edited, removed = PIP_STEP.subn("", edited)
+    assert removed == 1, "the seed's pip install step was not found"
+    # Only the three allowed edits: every other line of the seed is still there.
+    kept = [line for line in script.splitlines() if line not in edited.splitlines()]
+    assert all(
+        "your-server" in k
+        or "your-jwt-token" in k
+        or "python:3.11-slim" in k
+        or k in removed_lines(script)
+        for k in kept
+    ), kept
+    return edited
+
+
+def removed_lines(script: str) -> list[str]:
+    match = PIP_STEP.search(script)
+    assert match
+    return match.group(0).splitlines()
+
+
+def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
+    home = tmp_path / "state"
+    env = {"STOCKADE_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    with daemon_process(home, env=env) as daemon:
+        login = httpx.post(
+            f"{daemon.url}/api/v1/auth/login",
+            json={"username": "admin", "password": ADMIN_PASSWORD},
+        )
+        token = login.json()["token"]
+        result = subprocess.run(
+            ["bash", "-c", workflow(daemon.url, token)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        out = result.stdout
+        assert result.returncode == 0, result.stderr + out
+        env_id = re.search(r"Created environment: (env-[0-9a-f]+)", out)
+        assert env_id, out
+        assert "Environment is running!" in out
+        assert '"stdout": "NumPy version: ' in out
+        assert "Array mean: 3.0" in out
+        assert '"exit_code": 0' in out
+        assert '"logs": []' in out  # no `command` was given, so nothing was logged
+        assert out.rstrip().endswith("Done!")
+        after = httpx.get(
+            f"{daemon.url}/api/v1/environments/{env_id.group(1)}",
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
+        assert after["status"] == "terminated"
+        layout = CgroupLayout.detect()
+        leftovers = [
+            group
+            for root in layout.roots()
+            for parent in root.glob("stockade-*")
+            for group in parent.iterdir()
+            if group.is_dir() and group.name == env_id.group(1)
+        ]
+        assert leftovers == []
