@@ -508,9 +508,8 @@ class NamespaceBackend(SandboxBackend):
             link = aliases / name
             if not link.is_symlink():
                 link.symlink_to(target)
-        self._alternatives = (
-            ((HOST_ALTERNATIVES, HOST_ALTERNATIVES),) if Path(HOST_ALTERNATIVES).is_dir() else ()
-        )
+        has_alternatives = os.path.isdir(HOST_ALTERNATIVES)
+        self._alternatives = ((HOST_ALTERNATIVES, HOST_ALTERNATIVES),) if has_alternatives else ()
         self._ready = True
 
     async def close(self) -> None:
