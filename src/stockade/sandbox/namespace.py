@@ -501,15 +501,14 @@ class NamespaceBackend(SandboxBackend):
         for name, text in ETC_FILES.items():
             (etc / name).write_text(text)
             (etc / name).chmod(0o644)
-        await asyncio.to_thread(_copy_host_etc, etc)
+        alternatives = await asyncio.to_thread(_copy_host_etc, etc)
         aliases = self._root / "bin"
         aliases.mkdir(mode=0o755, exist_ok=True)
         for name, target in ALIASES.items():
             link = aliases / name
             if not link.is_symlink():
                 link.symlink_to(target)
-        has_alternatives = os.path.isdir(HOST_ALTERNATIVES)
-        self._alternatives = ((HOST_ALTERNATIVES, HOST_ALTERNATIVES),) if has_alternatives else ()
+        self._alternatives = ((HOST_ALTERNATIVES, HOST_ALTERNATIVES),) if alternatives else ()
         self._ready = True
 
     async def close(self) -> None:
@@ -942,8 +941,9 @@ class NamespaceBackend(SandboxBackend):
             logger.error("cannot remove the storage of sandbox %s: %s", name, exc)
 
 
-def _copy_host_etc(etc: Path) -> None:
-    """``HOST_ETC`` into the sandboxes' /etc, and a mount point for the alternatives."""
+def _copy_host_etc(etc: Path) -> bool:
+    """``HOST_ETC`` into the sandboxes' /etc, and a mount point for the alternatives;
+    False when the host has none."""
     (etc / "alternatives").mkdir(exist_ok=True)
     for name in HOST_ETC:
         source = Path("/etc") / name
@@ -959,6 +959,7 @@ def _copy_host_etc(etc: Path) -> None:
         elif source.is_file():
             shutil.copyfile(source, target)
             target.chmod(0o644)
+    return Path(HOST_ALTERNATIVES).is_dir()
 
 
 def _kill_sandbox_init(monitor: int) -> bool:
