@@ -42,3 +42,10 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
     assert '"detail": "API key has been revoked"' in out
     assert '"username": "alice"' in out
     assert re.search(r'^stockade_http_requests_total\{method="GET"', out, re.MULTILINE)
+    assert '"status": "running"' in out
+    assert '"stdout": "1000\\nnote\\n"' in out
+    assert '"path": "/tmp/data.txt"' in out
+    assert "\nhello\n" in out
+    assert '"message":"main process up"' in out
+    assert '"type": "namespace"' in out
+    assert out.rstrip().endswith("204\nterminated")
