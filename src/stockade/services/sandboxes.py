@@ -530,7 +530,7 @@ class SandboxService:
         )
         try:
             return await collect(events, limit=EXEC_OUTPUT_LIMIT)
-        except Conflict as exc:
+        except (Conflict, SandboxError) as exc:
             raise Conflict(f"Environment {sandbox_id} stopped during the command.") from exc
 
     async def attach(

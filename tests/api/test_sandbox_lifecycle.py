@@ -1,0 +1,94 @@
+"""The lifecycle the sandbox service owns: the reaper, a sandbox that dies by itself, the
+capacity limit, and a daemon that stops."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from stockade.testing import TestApp, bearer, make_settings, running_app
+from tests.problems import assert_problem
+
+
+async def wait_for_status(app: TestApp, token: str, env_id: str, status: str) -> dict[str, object]:
+    for _ in range(100):
+        body: dict[str, object] = (
+            await app.client.get(f"/api/v1/environments/{env_id}", headers=bearer(token))
+        ).json()
+        if body["status"] == status:
+            return body
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{env_id} never became {status}: {body}")
+
+
+async def test_the_reaper_ends_a_sandbox_whose_timeout_passed(
+    stockade: TestApp, admin_token: str
+) -> None:
+    created = await stockade.client.post(
+        "/api/v1/environments", json={"name": "short", "timeout": 1}, headers=bearer(admin_token)
+    )
+    assert created.json()["status"] == "running"
+    env_id = created.json()["id"]
+    body = await wait_for_status(stockade, admin_token, env_id, "terminated")
+    assert body["status_reason"] == "Its timeout passed."
+    assert await stockade.services.sandboxes.active_count() == 0
+
+
+async def test_a_sandbox_whose_processes_all_die_is_failed(
+    stockade: TestApp, admin_token: str
+) -> None:
+    env_id = (
+        await stockade.client.post(
+            "/api/v1/environments", json={"name": "doomed"}, headers=bearer(admin_token)
+        )
+    ).json()["id"]
+    # Everything in the sandbox, the agent included, runs as the sandbox's user.
+    killed = await stockade.client.post(
+        f"/api/v1/environments/{env_id}/exec",
+        json={"command": ["kill", "-9", "-1"]},
+        headers=bearer(admin_token),
+    )
+    assert_problem(killed, 409, error="conflict")
+    assert "stopped during the command" in killed.json()["detail"]
+    body = await wait_for_status(stockade, admin_token, env_id, "failed")
+    assert "stopped unexpectedly" in str(body["status_reason"])
+    late = await stockade.client.post(
+        f"/api/v1/environments/{env_id}/exec",
+        json={"command": ["true"]},
+        headers=bearer(admin_token),
+    )
+    assert_problem(late, 409, error="conflict")
+    assert await stockade.services.sandboxes.active_count() == 0
+
+
+async def test_past_the_capacity_a_create_is_refused_with_503(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", sandbox_max=1)
+    async with running_app(settings) as app:
+        token = await app.login()
+        first = await app.client.post(
+            "/api/v1/environments", json={"name": "one"}, headers=bearer(token)
+        )
+        assert first.status_code == 201
+        second = await app.client.post(
+            "/api/v1/environments", json={"name": "two"}, headers=bearer(token)
+        )
+        assert_problem(second, 503, error="unavailable")
+        assert "maximum of 1" in second.json()["detail"]
+
+
+async def test_a_clean_stop_marks_running_sandboxes_terminated(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    async with running_app(settings) as app:
+        token = await app.login()
+        env_id = (
+            await app.client.post(
+                "/api/v1/environments", json={"name": "kept"}, headers=bearer(token)
+            )
+        ).json()["id"]
+    async with running_app(settings) as app:
+        token = await app.login()
+        body = (
+            await app.client.get(f"/api/v1/environments/{env_id}", headers=bearer(token))
+        ).json()
+        assert body["status"] == "terminated"
+        assert body["status_reason"] == "The daemon stopped."
