@@ -35,7 +35,7 @@ HEADER = struct.Struct(">IBI")
 ENTRY = struct.Struct(">cIQqH")
 MAX_PAYLOAD = 1 << 20
 
-EXEC, STDIN, SIGNAL = 0x01, 0x02, 0x03
+EXEC, STDIN, SIGNAL, FLOW = 0x01, 0x02, 0x03, 0x04
 READ, WRITE, WRITE_DATA, WRITE_END, LIST = 0x10, 0x11, 0x12, 0x13, 0x14
 HELLO, STDOUT, STDERR, EXIT = 0x80, 0x81, 0x82, 0x83
 DATA, LISTING, END, FAULT = 0x90, 0x92, 0x9F, 0xFF
@@ -238,6 +238,29 @@ def test_echo(agent: Agent) -> None:
 def test_exit_codes_and_signals(agent: Agent) -> None:
     assert agent.run(["sh", "-c", "exit 3"]).code == 3
     assert agent.run(["sh", "-c", "kill -TERM $$"]).code == 128 + signal.SIGTERM
+
+
+def test_flow_pauses_and_resumes_an_execs_output(agent: Agent, tmp_path: Path) -> None:
+    """While paused the agent reads nothing of the exec's output, so the writer blocks on
+    its pipe instead of the agent forwarding a flood; resumed, everything arrives."""
+    marker = tmp_path / "written"
+    agent.send(FLOW, 7, b"\x00")  # for a channel it does not know yet: ignored
+    agent.exec(7, ["sh", "-c", f"head -c 1000000 /dev/zero; echo done > {marker}"])
+    first = agent.recv()
+    assert first.type == STDOUT and first.channel == 7
+    agent.send(FLOW, 7, b"\x00")
+    received = len(first.payload)
+    with contextlib.suppress(TimeoutError, AssertionError):
+        while True:  # whatever was in flight before the pause
+            frame = agent.recv(timeout=0.3)
+            received += len(frame.payload)
+    assert received < 1_000_000
+    assert not marker.exists()  # the writer is blocked on its full pipe
+    agent.send(FLOW, 7, b"\x01")
+    rest = agent.collect(7)
+    assert received + len(rest.stdout) == 1_000_000
+    assert rest.code == 0
+    assert marker.read_text() == "done\n"
 
 
 def test_stderr_is_separate(agent: Agent) -> None:

@@ -20,6 +20,7 @@ MAX_PAYLOAD = 1 << 20
 EXEC = 0x01
 STDIN = 0x02
 SIGNAL = 0x03
+FLOW = 0x04
 READ = 0x10
 WRITE = 0x11
 WRITE_DATA = 0x12
@@ -89,6 +90,10 @@ def stdin_eof(channel: int) -> bytes:
 
 def signal_request(channel: int, signal: int, scope: int) -> bytes:
     return frame(SIGNAL, channel, bytes((signal, scope)))
+
+
+def flow_request(channel: int, *, reading: bool) -> bytes:
+    return frame(FLOW, channel, bytes((1 if reading else 0,)))
 
 
 def path_request(kind: int, channel: int, path: str) -> bytes:

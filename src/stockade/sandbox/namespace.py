@@ -112,6 +112,8 @@ RESUME_BYTES = 1 << 20
 LOG_LINES = 10_000
 LOG_LINE_BYTES = 16 * 1024
 LOG_FILE_BYTES = 16 << 20
+LOG_BYTES_PER_SECOND = 1 << 20
+LOG_LINES_PER_SECOND = 2000
 MAIN_CHANNEL = 1
 
 _TIMEOUT = object()  # a channel's timeout has passed
@@ -159,7 +161,8 @@ class _LogBook:
         self._file = path.open("ab", buffering=0)
         self._written = 0
 
-    def feed(self, stream: Stream, data: bytes) -> None:
+    def feed(self, stream: Stream, data: bytes) -> int:
+        """Add output; returns how many lines it completed."""
         pending = self._partial[stream] + data
         *complete, rest = pending.split(b"\n")
         while len(rest) > LOG_LINE_BYTES:
@@ -168,6 +171,11 @@ class _LogBook:
         self._partial[stream] = rest
         for raw in complete:
             self._add(stream, raw)
+        return len(complete)
+
+    def note(self, message: str) -> None:
+        """A line of the daemon's own, on stderr."""
+        self._add("stderr", message.encode())
 
     def flush(self) -> None:
         for stream, rest in self._partial.items():
@@ -176,6 +184,8 @@ class _LogBook:
             self._partial[stream] = b""
 
     def _add(self, stream: Stream, raw: bytes) -> None:
+        if self._file.closed:
+            return
         line = LogLine(datetime.now(UTC), stream, raw.decode(errors="replace"))
         self.lines.append(line)
         if self._written < LOG_FILE_BYTES:
@@ -645,15 +655,50 @@ class NamespaceBackend(SandboxBackend):
         )
 
     async def _run_main(self, live: _Live) -> None:
-        """Run the sandbox's ``command`` on its own channel; its output is the log."""
+        """Run the sandbox's ``command`` on its own channel; its output is the log.
+
+        Logging is capped at ``LOG_BYTES_PER_SECOND`` and ``LOG_LINES_PER_SECOND``, like
+        journald's rate limit: past them, what is already read is dropped (a line says how
+        much), and the agent is told to stop reading the command's output until the next
+        second (FLOW), so the command blocks on its own pipe and costs the daemon nothing."""
         assert live.spec.command
+        window, taken_bytes, taken_lines, dropped = time.monotonic(), 0, 0, 0
+        paused_until = 0.0
+        loop = asyncio.get_running_loop()
         with contextlib.suppress(SandboxError, Conflict):
             async for event in self._exec(live, list(live.spec.command), MAIN_CHANNEL):
-                if isinstance(event, Output):
-                    live.logbook.feed(event.stream, event.data)
-                else:
+                if not isinstance(event, Output):
                     live.main_exit = event.code
+                    continue
+                now = time.monotonic()
+                if now - window >= 1.0:
+                    if dropped:
+                        live.logbook.note(f"[stockade] {dropped} bytes of output dropped")
+                    window, taken_bytes, taken_lines, dropped = now, 0, 0, 0
+                if paused_until:
+                    paused_until = 0.0
+                kept = _first_lines(
+                    event.data[: max(0, LOG_BYTES_PER_SECOND - taken_bytes)],
+                    LOG_LINES_PER_SECOND - taken_lines,
+                )
+                dropped += len(event.data) - len(kept)
+                if kept:
+                    taken_lines += live.logbook.feed(event.stream, kept)
+                    taken_bytes += len(kept)
+                if len(kept) < len(event.data) and not paused_until and live.alive:
+                    # Over this second's budget: the agent stops reading the command's
+                    # output until the next second, so the command blocks on its pipe.
+                    paused_until = window + 1.0
+                    live.send(proto.flow_request(MAIN_CHANNEL, reading=False))
+                    loop.call_at(loop.time() + (paused_until - now), self._resume_main, live)
+        if dropped:
+            live.logbook.note(f"[stockade] {dropped} bytes of output dropped")
         live.logbook.flush()
+
+    @staticmethod
+    def _resume_main(live: _Live) -> None:
+        if live.alive:
+            live.send(proto.flow_request(MAIN_CHANNEL, reading=True))
 
     def exec(
         self,
@@ -980,6 +1025,16 @@ def _write_kill(directory: Path) -> bool:
     except OSError:
         return False
     return True
+
+
+def _first_lines(data: bytes, count: int) -> bytes:
+    """``data`` up to and including its ``count``-th newline (all of it if it has fewer)."""
+    end = -1
+    for _ in range(max(0, count)):
+        end = data.find(b"\n", end + 1)
+        if end < 0:
+            return data
+    return data[: end + 1] if count > 0 else b""
 
 
 def _tail(lines: list[LogLine], tail: int | None) -> list[LogLine]:

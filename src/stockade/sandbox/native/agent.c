@@ -31,7 +31,7 @@
 #include <unistd.h>
 
 enum { /* frame types */
-    T_EXEC = 0x01, T_STDIN = 0x02, T_SIGNAL = 0x03,
+    T_EXEC = 0x01, T_STDIN = 0x02, T_SIGNAL = 0x03, T_FLOW = 0x04,
     T_READ = 0x10, T_WRITE = 0x11, T_WRITE_DATA = 0x12, T_WRITE_END = 0x13, T_LIST = 0x14,
     T_HELLO = 0x80, T_STDOUT = 0x81, T_STDERR = 0x82, T_EXIT = 0x83,
     T_DATA = 0x90, T_LISTING = 0x92, T_END = 0x9F, T_FAULT = 0xFF,
@@ -57,6 +57,7 @@ struct chan {
     int fd[3];        /* exec: stdin (our write end), stdout, stderr (our read ends); WRITE: fd[0] */
     int err;          /* WRITE: the first error, reported by the END that answers WRITE_END */
     bool close_in;    /* exec: close stdin once `pend` is delivered */
+    bool paused;      /* exec: FLOW asked us to stop reading its output for now */
     char *pend;       /* exec: stdin bytes the child has not taken yet */
     size_t plen, poff;
 };
@@ -571,6 +572,10 @@ static void handle(uint8_t type, uint32_t id, const uint8_t *p, uint32_t len) {
     case T_EXEC: do_exec(id, p, len); break;
     case T_STDIN: do_stdin(c, p, len); break;
     case T_SIGNAL: do_signal(id, c, p, len); break;
+    case T_FLOW:
+        if (len != 1 || p[0] > 1) die(2, "malformed FLOW on channel %u", id);
+        if (c && c->exec) c->paused = p[0] == 0;
+        break;
     case T_READ: do_read(id, path_of(type, id, p, len)); break;
     case T_WRITE:
         if (len < 4) die(2, "malformed WRITE on channel %u", id);
@@ -634,7 +639,7 @@ static int serve(void) {
         for (int i = 0; i < nchans; i++) {
             struct chan *c = &chans[i];
             for (int k = 0; c->exec && k < 3; k++) {
-                if (c->fd[k] < 0 || (k == 0 && c->poff == c->plen)) continue;
+                if (c->fd[k] < 0 || (k == 0 && c->poff == c->plen) || (k && c->paused)) continue;
                 pfd[n] = (struct pollfd){.fd = c->fd[k], .events = k ? POLLIN : POLLOUT};
                 polled[n].c = c;
                 polled[n++].i = k;
