@@ -247,7 +247,8 @@ def test_flow_pauses_and_resumes_an_execs_output(agent: Agent, tmp_path: Path) -
     agent.send(FLOW, 7, b"\x00")  # for a channel it does not know yet: ignored
     agent.exec(7, ["sh", "-c", f"head -c 1000000 /dev/zero; echo done > {marker}"])
     first = agent.recv()
-    assert first.type == STDOUT and first.channel == 7
+    assert first.type == STDOUT
+    assert first.channel == 7
     agent.send(FLOW, 7, b"\x00")
     received = len(first.payload)
     with contextlib.suppress(TimeoutError, AssertionError):
