@@ -41,6 +41,12 @@ added. **Rate limits** are reported on every response in `X-RateLimit-Limit`,
 
 **WebSocket `/api/v1/events/ws`** sends one JSON event per text message:
 `{id, type, timestamp, data}`. The same events stream as SSE from `GET /api/v1/events`.
+
+**WebSocket `/api/v1/environments/{id}/attach`** runs `/bin/sh` in the environment (or
+`?command=` repeated once per argument). Send `{"type": "stdin", "data": "ls\\n"}`; receive
+`{"type": "stdout" | "stderr", "data": …}` and, at the end, `{"type": "exit", "exit_code": n}`.
+A caller who may not attach is refused before the upgrade with the problem+json status
+(404, 403 or 409) where the server supports it, else by a close with code 4000 + status.
 """
 
 EXPOSED_HEADERS = [

@@ -49,7 +49,7 @@ class RequestContext:
         self.metrics = metrics
         self.limiter = limiter
         self.max_body = max_body_bytes
-        self.max_upload = max(max_body_bytes, max_upload_bytes or 0)
+        self.max_upload = max_upload_bytes or max_body_bytes
         self.vary_origin = vary_origin
         self._id_prefix = secrets.token_hex(12)
         self._ids = itertools.count(1)

@@ -266,10 +266,8 @@ class SandboxService:
         if status is not None and status not in STATUSES:
             raise InvalidInput(f"Unknown status {status!r}; use one of: {', '.join(STATUSES)}.")
         selector = parse_selector(label)
-        ids = None if principal.permissions is None else list(principal.permissions)
         return await self._store.sandboxes.page(
-            owner_id=None if principal.is_admin else principal.user_id,
-            ids=ids,
+            **_scope(principal),
             statuses=[status] if status else None,
             selector=selector,
             limit=limit,
@@ -278,8 +276,10 @@ class SandboxService:
 
     async def active(self, principal: Principal) -> list[Sandbox]:
         """The live sandboxes the caller reaches, oldest first."""
-        records, _ = await self.page(principal, limit=self._settings.sandbox_max * 4)
-        return sorted((r for r in records if r.status in LIVE), key=lambda r: r.created_at)
+        records, _ = await self._store.sandboxes.page(
+            **_scope(principal), statuses=LIVE, limit=10 * self._settings.sandbox_max
+        )
+        return sorted(records, key=lambda r: r.created_at)
 
     async def stats(self, record: Sandbox) -> Stats | None:
         """Current usage of a running sandbox, None otherwise."""
@@ -575,6 +575,14 @@ class SandboxService:
             {"id": record.id, "name": record.name, "status": record.status},
             owner=record.owner_id,
         )
+
+
+def _scope(principal: Principal) -> dict[str, Any]:
+    """The store's filter for the sandboxes ``principal`` reaches."""
+    return {
+        "owner_id": None if principal.is_admin else principal.user_id,
+        "ids": None if principal.permissions is None else list(principal.permissions),
+    }
 
 
 def _check_command(argv: Sequence[str]) -> None:

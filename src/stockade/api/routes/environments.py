@@ -473,6 +473,8 @@ async def attach(websocket: WebSocket, env_id: str) -> None:
     except StockadeError as exc:
         # Refused before the upgrade, as an HTTP problem (404, 403, 409) where the server
         # can send one; otherwise the socket closes with 4000 + that status.
+        sender.close()
+        receiver.close()
         status = status_of(exc)
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(
