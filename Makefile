@@ -40,6 +40,7 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python bench/api.py
+	$(BIN)/python bench/sandbox.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
