@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     sandbox_max_storage: str = Field("8Gi", description="Largest storage one sandbox may ask for.")
     sandbox_pids: int = Field(512, ge=16, description="Most processes in one sandbox.")
     sandbox_timeout: int = Field(3600, ge=1, description="Default sandbox lifetime in seconds.")
+    sandbox_pool: int = Field(
+        4, ge=0, le=64, description="Sandboxes kept started ahead, to hand out on create."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -43,6 +43,9 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
         "home": home,
         "admin_password": ADMIN_PASSWORD,
         "jwt_secret": JWT_SECRET,
+        # No warm pool unless a test asks: its sandboxes would be extra processes,
+        # cgroups and mounts in tests that count them.
+        "sandbox_pool": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -226,6 +226,17 @@ class SandboxCgroup:
         for directory in self.dirs:
             _rmdir(directory, deadline)
 
+    def set_limits(self, limits: CgroupLimits) -> None:
+        """Change the limits of a group that exists (and may hold processes)."""
+        try:
+            self._write_limits(limits)
+        except OSError:
+            # v1 refuses a memory limit above the memory+swap one: raise that one first.
+            if limits.memory_bytes is None:
+                raise
+            self._cap_swap(limits.memory_bytes)
+            self._write_limits(limits)
+
     def _make_parents(self) -> None:
         for directory in self.dirs:
             directory.parent.mkdir(exist_ok=True)

@@ -30,15 +30,17 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from stockade.errors import (
     Conflict,
@@ -56,6 +58,7 @@ from stockade.sandbox.base import (
     LogLine,
     Output,
     Recovery,
+    Resources,
     SandboxBackend,
     SandboxError,
     SandboxInfo,
@@ -79,7 +82,14 @@ from stockade.sandbox.cgroups import (
 )
 from stockade.sandbox.native import agent_binary
 from stockade.sandbox.seccomp import bpf_program, program_fd
-from stockade.sandbox.workspace import BINDS, HOME, Workspace
+from stockade.sandbox.workspace import (
+    BINDS,
+    HOME,
+    Workspace,
+    is_mountpoint,
+    mount_tmpfs,
+    unmount,
+)
 
 logger = logging.getLogger("stockade.sandbox")
 
@@ -103,6 +113,10 @@ ETC_FILES = {
 HOST_ETC = ("ld.so.cache", "ld.so.conf", "localtime")
 HOST_ALTERNATIVES = "/etc/alternatives"
 HELLO_TIMEOUT = 10.0
+DEFAULT_STORAGE = 1 << 30
+STORAGE_HEADROOM = 64 << 20
+POOL_MEMORY = 256 << 20  # a pooled sandbox's memory limit until it is handed out
+RUN_DIR_BYTES = 64 << 20  # the agent, /etc, and the sandboxes' mount points
 EXIT_TIMEOUT = 5.0
 KILL_GRACE = 5.0  # after a timeout's SIGKILL, how long to wait for the agent's EXIT
 BASELINE_PIDS = 3  # bubblewrap's monitor, its init, and the agent
@@ -119,6 +133,18 @@ MAIN_CHANNEL = 1
 _TIMEOUT = object()  # a channel's timeout has passed
 _GIVE_UP = object()  # the agent did not answer a timeout's kill in time
 _LOST = object()  # the sandbox stopped
+
+
+def storage_size(resources: Resources) -> int:
+    """The size of a sandbox's tmpfs. Its pages are memory, charged to the sandbox: a
+    tmpfs as large as the memory limit, once full, would leave no memory to run even
+    `rm` in. So it is capped at the memory limit less 64 MiB (or half of it, for small
+    limits), and the sandbox can always clean up after itself."""
+    wanted = resources.storage_bytes or DEFAULT_STORAGE
+    if resources.memory_bytes is None:
+        return wanted
+    memory = resources.memory_bytes
+    return max(1 << 20, min(wanted, max(memory // 2, memory - STORAGE_HEADROOM)))
 
 
 def instance_name(home: Path) -> str:
@@ -226,6 +252,7 @@ class _Live:
     """One running sandbox, as the daemon holds it."""
 
     spec: SandboxSpec
+    key: str  # its cgroup's and storage's name: its id, or a pool name if it was pooled
     process: subprocess.Popen[bytes]
     group: SandboxCgroup
     workspace: Workspace
@@ -449,6 +476,7 @@ class NamespaceBackend(SandboxBackend):
         instance: str,
         account: str = SANDBOX_USER,
         default_pids: int = 512,
+        pool_size: int = 0,
     ) -> None:
         self._root = run_dir / instance
         self._sandboxes = self._root / "sandboxes"
@@ -463,6 +491,11 @@ class NamespaceBackend(SandboxBackend):
         self._account: Account | None = None
         self._layout: CgroupLayout | None = None
         self._alternatives: tuple[tuple[str, str], ...] = ()
+        self._pool_size = pool_size
+        self._pool: list[_Live] = []
+        self._filler: asyncio.Task[None] | None = None
+        self._closing = False
+        self._tasks: set[asyncio.Task[None]] = set()
         self.on_lost: Callable[[str, str], None] | None = None
 
     # Set-up.
@@ -498,9 +531,7 @@ class NamespaceBackend(SandboxBackend):
         self._layout = CgroupLayout.detect()
         self._program = await asyncio.to_thread(bpf_program)
         binary = await asyncio.to_thread(agent_binary)
-        for directory in (self._root.parent, self._root, self._sandboxes):
-            directory.mkdir(mode=0o711, exist_ok=True)
-            directory.chmod(0o711)
+        await asyncio.to_thread(self._mount_root)
         self._logs.mkdir(mode=0o700, parents=True, exist_ok=True)
         staged = self._root / "agent.new"
         shutil.copyfile(binary, staged)
@@ -520,14 +551,34 @@ class NamespaceBackend(SandboxBackend):
                 link.symlink_to(target)
         self._alternatives = ((HOST_ALTERNATIVES, HOST_ALTERNATIVES),) if alternatives else ()
         self._ready = True
+        self._refill()
 
     async def close(self) -> None:
         """Destroy every sandbox this backend runs (the daemon is stopping), then remove
         the run directory and the cgroup parent: a stopped daemon leaves nothing."""
+        self._closing = True
+        if self._filler is not None:
+            self._filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filler
+        pooled, self._pool = self._pool, []
+        await asyncio.gather(*(self._teardown(live) for live in pooled))
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(self.destroy(i) for i in list(self._live)))
         if self._ready and self._layout is not None:
             await asyncio.to_thread(self._remove_root, self._layout)
             self._ready = False
+        self._closing = False
+
+    def _mount_root(self) -> None:
+        """The run directory of this daemon is a small tmpfs of its own: the host's /run
+        may be a disk (here it is ext4 mounted with ``discard``, where one rmdir takes
+        4 ms). After a crash the old one is still mounted and is reused."""
+        self._root.parent.mkdir(mode=0o711, parents=True, exist_ok=True)
+        self._root.mkdir(mode=0o711, exist_ok=True)
+        if not is_mountpoint(self._root):
+            mount_tmpfs(self._root, size=RUN_DIR_BYTES, uid=0, gid=0, mode=0o711)
+        self._sandboxes.mkdir(mode=0o711, exist_ok=True)
 
     def _remove_root(self, layout: CgroupLayout) -> None:
         for name in list_sandbox_groups(layout, self._parent):
@@ -538,6 +589,8 @@ class NamespaceBackend(SandboxBackend):
         if self._sandboxes.is_dir():
             for leftover in self._sandboxes.iterdir():
                 Workspace(leftover).destroy()
+        with contextlib.suppress(OSError):
+            unmount(self._root)
         shutil.rmtree(self._root, ignore_errors=True)
 
     def live_ids(self) -> list[str]:
@@ -547,8 +600,6 @@ class NamespaceBackend(SandboxBackend):
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         await self.start()
-        assert self._account is not None
-        assert self._layout is not None
         if spec.image not in IMAGES:
             raise InvalidInput(
                 f"Unknown image {spec.image!r}; the images available are: {', '.join(IMAGES)}."
@@ -561,22 +612,40 @@ class NamespaceBackend(SandboxBackend):
         if spec.id in self._live:
             raise Conflict(f"Sandbox {spec.id} exists.")
         started = time.perf_counter()
+        live = self._take_pooled(spec)
+        if live is None:
+            live = await self._spawn(spec, spec.id)
+        if spec.id in self._live:  # the same id created twice at once
+            await self._teardown(live)
+            raise Conflict(f"Sandbox {spec.id} exists.")
+        self._live[spec.id] = live
+        self._refill()
+        if spec.command:
+            asyncio.get_running_loop().create_task(self._run_main(live))
+        spawn_ms = (time.perf_counter() - started) * 1000
+        return SandboxInfo(
+            id=spec.id, backend=self.name, created_at=datetime.now(UTC), spawn_time_ms=spawn_ms
+        )
+
+    async def _spawn(self, spec: SandboxSpec, key: str) -> _Live:
+        """Start a sandbox whose cgroup and storage are named ``key``; on failure nothing
+        of it is left."""
+        assert self._account is not None
+        assert self._layout is not None
         account = self._account
         resources = spec.resources
-        workspace = Workspace(self._sandboxes / spec.id)
+        workspace = Workspace(self._sandboxes / key)
         group: SandboxCgroup | None = None
         live: _Live | None = None
         try:
-            workspace.create(
-                size=resources.storage_bytes or 1 << 30, uid=account.uid, gid=account.gid
-            )
+            workspace.create(size=storage_size(resources), uid=account.uid, gid=account.gid)
             limits = CgroupLimits(
                 memory_bytes=resources.memory_bytes,
                 pids=resources.pids or self._default_pids,
                 cpu_millicores=resources.cpu_millicores,
             )
             try:
-                group = SandboxCgroup.create(self._layout, spec.id, limits, parent=self._parent)
+                group = SandboxCgroup.create(self._layout, key, limits, parent=self._parent)
             except FileExistsError as exc:
                 raise Conflict(f"Sandbox {spec.id} exists.") from exc
             uid = 1000 if spec.run_as_user is None else spec.run_as_user
@@ -627,13 +696,13 @@ class NamespaceBackend(SandboxBackend):
                 os.close(fd)
             live = _Live(
                 spec=spec,
+                key=key,
                 process=process,
                 group=group,
                 workspace=workspace,
-                logbook=_LogBook(self._logs / f"{spec.id}.jsonl"),
+                logbook=_LogBook(self._logs / f"{key}.jsonl"),
                 on_lost=self._lost,
             )
-            self._live[spec.id] = live
             assert live.hello is not None
             try:
                 await asyncio.wait_for(asyncio.shield(live.hello), HELLO_TIMEOUT)
@@ -645,14 +714,80 @@ class NamespaceBackend(SandboxBackend):
             if live is not None:
                 await self._teardown(live)
             else:
-                await asyncio.to_thread(self._remove_remains, spec.id, group, workspace)
+                await asyncio.to_thread(self._remove_remains, key, group, workspace)
             raise
-        if spec.command:
-            asyncio.get_running_loop().create_task(self._run_main(live))
-        spawn_ms = (time.perf_counter() - started) * 1000
-        return SandboxInfo(
-            id=spec.id, backend=self.name, created_at=datetime.now(UTC), spawn_time_ms=spawn_ms
-        )
+        return live
+
+    # The warm pool.
+
+    def _take_pooled(self, spec: SandboxSpec) -> _Live | None:
+        """A pre-started sandbox made into ``spec``, or None when there is none or the
+        spec needs what only a fresh start gives (another uid, a read-only home).
+
+        A pooled sandbox has run nothing but its agent. Handing it out rewrites its
+        cgroup limits and resizes its storage before the caller's first command, and its
+        environment is per exec, so it is indistinguishable from a fresh one."""
+        if spec.run_as_user is not None or spec.run_as_group is not None or spec.read_only_root:
+            return None
+        while self._pool:
+            live = self._pool.pop()
+            if not live.alive:
+                self._spawn_task(self._teardown(live))
+                continue
+            resources = spec.resources
+            try:
+                live.group.set_limits(
+                    CgroupLimits(
+                        memory_bytes=resources.memory_bytes,
+                        pids=resources.pids or self._default_pids,
+                        cpu_millicores=resources.cpu_millicores,
+                    )
+                )
+                live.workspace.resize(storage_size(resources))
+            except (OSError, InvalidInput) as exc:
+                logger.warning("a pooled sandbox could not take its limits: %s", exc)
+                self._spawn_task(self._teardown(live))
+                return None
+            live.logbook.close()
+            live.logbook.path.unlink(missing_ok=True)
+            live.logbook = _LogBook(self._logs / f"{spec.id}.jsonl")
+            live.spec = spec
+            return live
+        return None
+
+    def _refill(self) -> None:
+        """Start topping the pool up in the background, if it is not being topped up."""
+        if self._pool_size <= 0 or self._closing or not self._ready:
+            return
+        if self._filler is None or self._filler.done():
+            self._filler = asyncio.get_running_loop().create_task(self._fill())
+
+    async def _fill(self) -> None:
+        while len(self._pool) < self._pool_size and not self._closing:
+            key = f"pool-{secrets.token_hex(6)}"
+            spec = SandboxSpec(
+                id=key,
+                resources=Resources(
+                    memory_bytes=POOL_MEMORY, storage_bytes=1 << 30, pids=self._default_pids
+                ),
+            )
+            try:
+                live = await self._spawn(spec, key)
+            except (SandboxError, OSError, Conflict) as exc:
+                logger.warning("the sandbox pool could not grow: %s", exc)
+                return
+            if self._is_closing():  # close() began while this one started
+                await self._teardown(live)
+                return
+            self._pool.append(live)
+
+    def _is_closing(self) -> bool:
+        return self._closing
+
+    def _spawn_task(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run_main(self, live: _Live) -> None:
         """Run the sandbox's ``command`` on its own channel; its output is the log.
@@ -909,7 +1044,7 @@ class NamespaceBackend(SandboxBackend):
         found = set(list_sandbox_groups(self._layout, self._parent))
         if self._sandboxes.is_dir():
             found.update(p.name for p in self._sandboxes.iterdir())
-        found -= set(self._live)
+        found -= {live.key for live in (*self._live.values(), *self._pool)}
         for name in sorted(found):
             await asyncio.to_thread(self._remove_remains, name, None, None)
         return Recovery(adopted=(), cleaned=tuple(sorted(found)))
@@ -925,6 +1060,11 @@ class NamespaceBackend(SandboxBackend):
         return live
 
     def _lost(self, live: _Live, reason: str) -> None:
+        if live in self._pool:
+            self._pool.remove(live)
+            self._spawn_task(self._teardown(live))
+            self._refill()
+            return
         logger.warning("sandbox %s stopped unexpectedly: %s", live.spec.id, reason)
         if self.on_lost is not None:
             self.on_lost(live.spec.id, reason)
@@ -942,7 +1082,10 @@ class NamespaceBackend(SandboxBackend):
     async def _teardown(self, live: _Live) -> None:
         """Kill, reap, and remove every trace of a sandbox."""
         live.stopping = True
-        self._live.pop(live.spec.id, None)
+        if self._live.get(live.spec.id) is live:
+            del self._live[live.spec.id]
+        if live in self._pool:
+            self._pool.remove(live)
         group = live.group
         # Kill the sandbox's pid 1: the kernel ends everything in its pid namespace, that
         # init reaps it all, and bubblewrap (our child) reaps the init. Killing the whole
@@ -968,7 +1111,7 @@ class NamespaceBackend(SandboxBackend):
                 os.rmdir(directory)
             live.workspace.remove()
         except OSError:
-            await asyncio.to_thread(self._remove_remains, live.spec.id, group, live.workspace)
+            await asyncio.to_thread(self._remove_remains, live.key, group, live.workspace)
 
     def _remove_remains(
         self, name: str, group: SandboxCgroup | None, workspace: Workspace | None

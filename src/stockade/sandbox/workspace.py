@@ -44,14 +44,20 @@ def _check(result: int, what: str, path: Path) -> None:
         raise OSError(number, f"{what} {path}: {os.strerror(number)}")
 
 
-def mount_tmpfs(target: Path, *, size: int, uid: int, gid: int) -> None:
+def mount_tmpfs(target: Path, *, size: int, uid: int, gid: int, mode: int = 0o755) -> None:
     """Mount a tmpfs of ``size`` bytes at ``target``, owned by ``uid``:``gid``."""
-    inodes = max(4096, min(size // 4096, 1 << 20))
-    options = f"size={size},nr_inodes={inodes},mode=0755,uid={uid},gid={gid}"
+    options = f"{_tmpfs_options(size)},mode={mode:04o},uid={uid},gid={gid}"
     result = _libc.mount(
         b"stockade", os.fsencode(target), b"tmpfs", MS_NOSUID | MS_NODEV, options.encode()
     )
     _check(result, "mount tmpfs on", target)
+
+
+MS_REMOUNT = 0x20
+
+
+def _tmpfs_options(size: int) -> str:
+    return f"size={size},nr_inodes={max(4096, min(size // 4096, 1 << 20))}"
 
 
 def unmount(target: Path) -> bool:
@@ -63,6 +69,13 @@ def unmount(target: Path) -> bool:
     if number in (errno.EINVAL, errno.ENOENT):
         return False
     raise OSError(number, f"umount {target}: {os.strerror(number)}")
+
+
+def is_mountpoint(path: Path) -> bool:
+    """Whether something is mounted exactly at ``path``."""
+    wanted = str(path).rstrip("/")
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return any(line.split(" ", 5)[4].replace("\\040", " ") == wanted for line in mountinfo)
 
 
 def mounts_under(root: Path) -> Iterator[Path]:
@@ -103,6 +116,18 @@ class Workspace:
         except OSError as exc:
             self.destroy()
             raise SandboxError(f"cannot prepare the sandbox's storage: {exc}") from exc
+
+    def resize(self, size: int) -> None:
+        """Change the cap of the mounted tmpfs (it applies inside the sandbox at once: its
+        binds share the one file system). Raises ``OSError`` below what is in use."""
+        result = _libc.mount(
+            None,
+            os.fsencode(self.mountpoint),
+            None,
+            MS_REMOUNT | MS_NOSUID | MS_NODEV,
+            _tmpfs_options(size).encode(),
+        )
+        _check(result, "resize tmpfs on", self.mountpoint)
 
     def usage(self) -> int | None:
         """Bytes in use on the tmpfs, or None when it is not mounted."""

@@ -65,6 +65,7 @@ class Services:
             home / "sandboxes",
             instance=instance_name(home),
             default_pids=settings.sandbox_pids,
+            pool_size=settings.sandbox_pool,
         )
         sandboxes = SandboxService(settings, store, backend, events, metrics)
         health = HealthService(store)

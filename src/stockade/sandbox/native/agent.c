@@ -319,6 +319,16 @@ static _Noreturn void child(int in, int out, int err, char *cwd, char **argv, ch
     }
     if (close_range(3, ~0U, 0) < 0) /* before Linux 5.9; we never hold fds past our limit */
         for (int fd = 3; fd < 3 * MAX_CHANNELS + 64; fd++) close(fd);
+    /* When the sandbox's memory (tmpfs pages included) runs out, the OOM killer must pick
+     * a command, never bubblewrap or the agent, whose death ends the sandbox. Raising
+     * one's own score needs no privilege (lowering it would), and a command cannot lower
+     * it again. Our non-dumpable flag, inherited, would make /proc/self root's. */
+    prctl(PR_SET_DUMPABLE, 1);
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+    if (oom >= 0) {
+        if (write(oom, "1000", 4) < 0) { /* best effort: the command still runs */ }
+        close(oom);
+    }
     setrlimit(RLIMIT_NOFILE, &saved_nofile);
     umask(saved_umask);
     environ = envp;
@@ -491,17 +501,20 @@ static void do_read(uint32_t id, const char *path) {
 static void do_write(uint32_t id, mode_t mode, const char *path) {
     if (nchans == MAX_CHANNELS) return; /* no room: its WRITE_END finds no WRITE, gets EBADF */
     char dir[PATH_MAX];
+    int mkdir_err = 0;
     size_t n = strlen(path);
     if (n < sizeof dir) { /* mkdir -p the parents; errors show up as open's */
         memcpy(dir, path, n + 1);
         for (char *s = dir + 1; (s = strchr(s, '/')); *s++ = '/') {
             *s = 0;
-            mkdir(dir, 0755);
+            if (mkdir(dir, 0755) < 0 && errno != EEXIST) mkdir_err = errno;
         }
     }
     struct chan *c = &chans[nchans++];
     *c = (struct chan){.id = id, .fd = {-1, -1, -1}};
     c->fd[0] = open_file(path, O_WRONLY | O_CREAT, mode, S_IFREG, &c->err);
+    /* a parent that could not be made (a read-only root) explains a missing one */
+    if (c->err == ENOENT && mkdir_err) c->err = mkdir_err;
     if (c->fd[0] >= 0 && (ftruncate(c->fd[0], 0) < 0 || fchmod(c->fd[0], mode) < 0))
         c->err = errno;
 }

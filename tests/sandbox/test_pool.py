@@ -1,0 +1,99 @@
+"""The warm pool: sandboxes started ahead, made into the caller's spec on create."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from stockade.sandbox.base import Resources, SandboxSpec, collect
+from stockade.sandbox.cgroups import CgroupLayout
+from stockade.sandbox.namespace import NamespaceBackend
+
+RUN_DIR = Path("/run/stockade")
+
+
+async def eventually(check: object, seconds: float = 10.0) -> None:
+    for _ in range(int(seconds / 0.02)):
+        if check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the condition never held")
+
+
+@pytest.fixture
+async def backend(tmp_path: Path) -> AsyncIterator[NamespaceBackend]:
+    backend = NamespaceBackend(
+        RUN_DIR, tmp_path / "state", instance=f"pool-{tmp_path.name[-10:]}", pool_size=2
+    )
+    await backend.start()
+    await eventually(lambda: len(backend._pool) == 2)
+    yield backend
+    await backend.close()
+
+
+def limit(backend: NamespaceBackend, sandbox_id: str, controller: str, name: str) -> str:
+    live = backend._live[sandbox_id]
+    return (live.group.v1[controller] / name).read_text().strip()
+
+
+async def test_a_pooled_sandbox_takes_the_callers_limits_storage_and_env(
+    backend: NamespaceBackend,
+) -> None:
+    pooled = {live.key for live in backend._pool}
+    spec = SandboxSpec(
+        id="env-pooled",
+        resources=Resources(memory_bytes=96 << 20, storage_bytes=8 << 20, cpu_millicores=300),
+        env={"GREETING": "hello"},
+        command=("sh", "-c", "echo main runs"),
+    )
+    await backend.create(spec)
+    live = backend._live["env-pooled"]
+    assert live.key in pooled  # it came from the pool
+    assert limit(backend, "env-pooled", "memory", "memory.limit_in_bytes") == str(96 << 20)
+    assert limit(backend, "env-pooled", "cpu", "cpu.cfs_quota_us") == "30000"
+    result = await collect(
+        backend.exec("env-pooled", ["sh", "-c", "echo $GREETING; df -k /tmp | tail -1"])
+    )
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "hello"
+    assert lines[1].split()[1] == str(8 << 10)  # the tmpfs was resized to 8 MiB
+    fill = await collect(backend.exec("env-pooled", ["sh", "-c", "head -c 16M /dev/zero > /tmp/f"]))
+    assert b"No space left on device" in fill.stderr
+    await eventually(lambda: any(line.message == "main runs" for line in live.logbook.lines))
+    # Handing one out starts another in the background.
+    await eventually(lambda: len(backend._pool) == 2)
+    assert not pooled <= {live.key for live in backend._pool}
+
+
+async def test_other_uids_and_a_read_only_home_start_fresh(backend: NamespaceBackend) -> None:
+    pooled = {live.key for live in backend._pool}
+    await backend.create(SandboxSpec(id="env-uid", run_as_user=2000))
+    await backend.create(SandboxSpec(id="env-ro", read_only_root=True))
+    assert backend._live["env-uid"].key == "env-uid"
+    assert backend._live["env-ro"].key == "env-ro"
+    assert {live.key for live in backend._pool} == pooled
+    whoami = await collect(backend.exec("env-uid", ["id", "-u"]))
+    assert whoami.stdout == b"2000\n"
+
+
+async def test_a_pooled_sandbox_that_dies_is_replaced(backend: NamespaceBackend) -> None:
+    victim = backend._pool[0]
+    victim.group.kill()
+    await eventually(lambda: victim not in backend._pool and len(backend._pool) == 2)
+    await eventually(lambda: not victim.workspace.directory.exists())
+    layout = CgroupLayout.detect()
+    assert not any((root / backend._parent / victim.key).exists() for root in layout.roots())
+
+
+async def test_close_takes_the_pool_with_it(tmp_path: Path) -> None:
+    instance = f"poolc-{tmp_path.name[-10:]}"
+    backend = NamespaceBackend(RUN_DIR, tmp_path / "state", instance=instance, pool_size=3)
+    await backend.start()
+    await eventually(lambda: len(backend._pool) == 3)
+    await backend.close()
+    assert not (RUN_DIR / instance).exists()
+    layout = CgroupLayout.detect()
+    assert not any((root / f"stockade-{instance}").exists() for root in layout.roots())
