@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sandbox_floor import FLOOR_PARENT, CycleTimes, RawCycle
 
-from stockade.sandbox.cgroups import CgroupLayout, SandboxCgroup, remove_parent
+from stockade.sandbox.cgroups import CgroupLayout, SandboxCgroup, list_sandbox_groups, remove_parent
 from stockade.sandbox.namespace import instance_name
 from stockade.sandbox.workspace import Workspace, mounts_under, unmount
 from stockade.testing import free_port, stop_process
@@ -637,8 +637,11 @@ def measure_memory(
     usage = rss = pss = processes = 0
     stat_sums = dict.fromkeys(_STAT_KEYS, 0)
     stat_sums["kmem_usage"] = 0
-    for env_id in ids:
-        group = SandboxCgroup.locate(layout, env_id, parent=daemon.parent)
+    # Every sandbox group of the daemon: the created ones and the warm pool's (idle
+    # sandboxes too; a handed-out one keeps its pool name, as cgroup v2 cannot rename).
+    names = list_sandbox_groups(layout, daemon.parent)
+    for name in names:
+        group = SandboxCgroup.locate(layout, name, parent=daemon.parent)
         usage += group.stats().memory_bytes or 0
         pids = group.pids()
         processes += len(pids)
@@ -662,7 +665,7 @@ def measure_memory(
     for env_id in ids:
         api.delete(env_id)
     destroy_s = time.perf_counter() - started
-    n = len(ids)
+    n = len(names)
     daemon_delta = (daemon_after - daemon_before) / n / MIB
     cgroup = usage / n / MIB
     return MemoryResult(

@@ -187,6 +187,16 @@ class SandboxCgroup:
         for directory in self.dirs:
             (directory / "cgroup.procs").write_text(str(pid))
 
+    def empty(self) -> bool:
+        """Whether no process is left in the group: one read of cgroup2's
+        ``cgroup.events`` when there is one (every sandbox process joins it), else of
+        every v1 ``cgroup.procs``."""
+        if self.v2 is not None:
+            events = _keyed(self.v2 / "cgroup.events", missing_ok=True)
+            if "populated" in events:
+                return not events["populated"]
+        return not any(_procs(d) for d in _unique(self.v1.values()))
+
     def pids(self) -> list[int]:
         """The processes in the group, in any of its hierarchies."""
         return sorted({pid for d in self.dirs for pid in _procs(d)})

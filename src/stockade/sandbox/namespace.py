@@ -421,6 +421,7 @@ class _Live:
         loop.remove_writer(self._in_fd)
         if self.hello and not self.hello.done():
             self.hello.set_exception(SandboxError(reason))
+            self.hello.exception()  # retrieved: whoever waited may have given up already
         for channel in list(self.channels.values()):
             channel.put(_LOST)
         if not self.stopping:
@@ -496,6 +497,7 @@ class NamespaceBackend(SandboxBackend):
         self._filler: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spawning: set[str] = set()  # keys of sandboxes being started
         self.on_lost: Callable[[str, str], None] | None = None
 
     # Set-up.
@@ -627,9 +629,11 @@ class NamespaceBackend(SandboxBackend):
             id=spec.id, backend=self.name, created_at=datetime.now(UTC), spawn_time_ms=spawn_ms
         )
 
-    async def _spawn(self, spec: SandboxSpec, key: str) -> _Live:
+    async def _spawn(self, spec: SandboxSpec, key: str, *, background: bool = False) -> _Live:
         """Start a sandbox whose cgroup and storage are named ``key``; on failure nothing
-        of it is left."""
+        of it is left. In the ``background`` (the pool's refills), the mount and the
+        cgroup are made on a worker thread, so that requests do not wait behind them;
+        a caller who waits for this sandbox saves the thread hop instead."""
         assert self._account is not None
         assert self._layout is not None
         account = self._account
@@ -637,17 +641,23 @@ class NamespaceBackend(SandboxBackend):
         workspace = Workspace(self._sandboxes / key)
         group: SandboxCgroup | None = None
         live: _Live | None = None
+        self._spawning.add(key)
         try:
-            workspace.create(size=storage_size(resources), uid=account.uid, gid=account.gid)
+            layout = self._layout
             limits = CgroupLimits(
                 memory_bytes=resources.memory_bytes,
                 pids=resources.pids or self._default_pids,
                 cpu_millicores=resources.cpu_millicores,
             )
-            try:
-                group = SandboxCgroup.create(self._layout, key, limits, parent=self._parent)
-            except FileExistsError as exc:
-                raise Conflict(f"Sandbox {spec.id} exists.") from exc
+
+            def prepare() -> SandboxCgroup:
+                workspace.create(size=storage_size(resources), uid=account.uid, gid=account.gid)
+                try:
+                    return SandboxCgroup.create(layout, key, limits, parent=self._parent)
+                except FileExistsError as exc:
+                    raise Conflict(f"Sandbox {spec.id} exists.") from exc
+
+            group = await asyncio.to_thread(prepare) if background else prepare()
             uid = 1000 if spec.run_as_user is None else spec.run_as_user
             writable = [(name, target) for name, target, _ in BINDS]
             if spec.read_only_root:
@@ -716,6 +726,8 @@ class NamespaceBackend(SandboxBackend):
             else:
                 await asyncio.to_thread(self._remove_remains, key, group, workspace)
             raise
+        finally:
+            self._spawning.discard(key)
         return live
 
     # The warm pool.
@@ -772,7 +784,7 @@ class NamespaceBackend(SandboxBackend):
                 ),
             )
             try:
-                live = await self._spawn(spec, key)
+                live = await self._spawn(spec, key, background=True)
             except (SandboxError, OSError, Conflict) as exc:
                 logger.warning("the sandbox pool could not grow: %s", exc)
                 return
@@ -1045,6 +1057,7 @@ class NamespaceBackend(SandboxBackend):
         if self._sandboxes.is_dir():
             found.update(p.name for p in self._sandboxes.iterdir())
         found -= {live.key for live in (*self._live.values(), *self._pool)}
+        found -= self._spawning
         for name in sorted(found):
             await asyncio.to_thread(self._remove_remains, name, None, None)
         return Recovery(adopted=(), cleaned=tuple(sorted(found)))
@@ -1099,7 +1112,7 @@ class NamespaceBackend(SandboxBackend):
         if live.process.poll() is None:
             live.process.kill()
             await asyncio.to_thread(live.process.wait)
-        if group.pids():
+        if not group.empty():
             fast = group.v2 is not None and _write_kill(group.v2)
             if not fast:
                 await asyncio.to_thread(group.kill)

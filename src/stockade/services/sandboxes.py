@@ -447,25 +447,35 @@ class SandboxService:
         await self._destroy(record, "Deleted.", grace=0.0 if force else DELETE_GRACE)
 
     async def _destroy(self, record: Sandbox, reason: str, *, grace: float = 0.0) -> None:
-        """Destroy the backend's sandbox and record it terminated. While that runs the
-        daemon's own view says ``terminating``; a crash in between leaves a row that says
-        running, which the next start settles as failed."""
-        live = record.status in LIVE
-        if live:
-            self._live[record.id] = _replace(record, status="terminating")
-        try:
+        """Destroy the backend's sandbox and record it terminated; answer when both are
+        done. While it runs the daemon's own view says ``terminating``.
+
+        The row is written while the backend waits for the kernel to take the sandbox's
+        namespaces down, not after: the two overlap. A crash in between leaves either a
+        row that says running (settled as failed at the next start) or one that says
+        terminated with remains on the host, which the next start's recovery removes."""
+        if record.status not in LIVE:
             await self._backend.destroy(record.id, grace=grace)
-        finally:
-            self._forget(record.id)
-            if live:
-                await self._store.sandboxes.update(
+            return
+        self._live[record.id] = _replace(record, status="terminating")
+        try:
+            destroyed, recorded = await asyncio.gather(
+                self._backend.destroy(record.id, grace=grace),
+                self._store.sandboxes.update(
                     record.id,
                     only_from=list(LIVE),
                     status="terminated",
                     status_reason=reason,
                     finished_at=_now(),
-                )
-                self._publish("sandbox.terminated", _replace(record, status="terminated"))
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            self._forget(record.id)
+        self._publish("sandbox.terminated", _replace(record, status="terminated"))
+        for outcome in (destroyed, recorded):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def _forget(self, sandbox_id: str) -> None:
         self._live.pop(sandbox_id, None)
