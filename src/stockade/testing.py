@@ -85,9 +85,21 @@ async def running_app(settings: Settings, **services_kwargs: Any) -> AsyncIterat
     services_kwargs.setdefault("passwords", fast_passwords())
     services = Services.build(settings, **services_kwargs)
     app = create_app(settings, services=services)
+
+    async def settle_deletes(response: httpx.Response) -> None:
+        # A DELETE of a sandbox answers before the host is cleaned (the sandbox says
+        # `terminating` meanwhile); tests look at the host right after one, so the
+        # in-process client waits for that clean-up. Over real HTTP, poll the status.
+        if response.request.method == "DELETE" and response.status_code == 204:
+            await services.sandboxes.settled()
+
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=CLIENT)
-        async with httpx.AsyncClient(transport=transport, base_url="http://stockade.test") as c:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://stockade.test",
+            event_hooks={"response": [settle_deletes]},
+        ) as c:
             yield TestApp(app=app, services=services, client=c)
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
+
 from stockade.testing import TestApp, bearer, make_settings, running_app
 from tests.problems import assert_problem
 
@@ -92,3 +94,36 @@ async def test_a_clean_stop_marks_running_sandboxes_terminated(tmp_path: Path) -
         ).json()
         assert body["status"] == "terminated"
         assert body["status_reason"] == "The daemon stopped."
+
+
+async def test_a_delete_answers_while_the_host_is_cleaned(
+    stockade: TestApp, admin_token: str
+) -> None:
+    """The DELETE answers once the sandbox's processes are killed; it says `terminating`
+    until its remains are gone, then `terminated`. (This client has no hook that waits.)"""
+    env_id = (
+        await stockade.client.post(
+            "/api/v1/environments", json={"name": "going"}, headers=bearer(admin_token)
+        )
+    ).json()["id"]
+    transport = httpx.ASGITransport(app=stockade.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://stockade.test") as raw:
+        deleted = await raw.delete(
+            f"/api/v1/environments/{env_id}?force=true", headers=bearer(admin_token)
+        )
+        assert deleted.status_code == 204
+        during = await raw.get(f"/api/v1/environments/{env_id}", headers=bearer(admin_token))
+        assert during.json()["status"] == "terminating"
+        refused = await raw.post(
+            f"/api/v1/environments/{env_id}/exec",
+            json={"command": ["true"]},
+            headers=bearer(admin_token),
+        )
+        assert_problem(refused, 409, error="conflict")
+        again = await raw.delete(f"/api/v1/environments/{env_id}", headers=bearer(admin_token))
+        assert again.status_code == 204
+        await stockade.services.sandboxes.settled()
+        after = await raw.get(f"/api/v1/environments/{env_id}", headers=bearer(admin_token))
+        assert after.json()["status"] == "terminated"
+        assert after.json()["status_reason"] == "Deleted."
+    assert await stockade.services.sandboxes.active_count() == 0

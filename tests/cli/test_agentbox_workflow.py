@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -71,10 +72,15 @@ def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
         assert '"exit_code": 0' in out
         assert '"logs": []' in out  # no `command` was given, so nothing was logged
         assert out.rstrip().endswith("Done!")
-        after = httpx.get(
-            f"{daemon.url}/api/v1/environments/{env_id.group(1)}",
-            headers={"Authorization": f"Bearer {token}"},
-        ).json()
+        # The DELETE answered at once; the host is cleaned in the background.
+        for _ in range(100):
+            after = httpx.get(
+                f"{daemon.url}/api/v1/environments/{env_id.group(1)}",
+                headers={"Authorization": f"Bearer {token}"},
+            ).json()
+            if after["status"] != "terminating":
+                break
+            time.sleep(0.05)
         assert after["status"] == "terminated"
         layout = CgroupLayout.detect()
         leftovers = [

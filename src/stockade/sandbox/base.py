@@ -200,6 +200,11 @@ class SandboxBackend(ABC):
     async def stats(self, sandbox_id: str) -> Stats:
         """Current usage: cpu time, memory, processes, and disk when the backend knows."""
 
+    def kill(self, sandbox_id: str) -> None:  # noqa: B027 - optional for a backend
+        """Send every process of the sandbox SIGKILL now, without waiting for them to end;
+        ``destroy`` must still be called and removes the sandbox. A backend that cannot
+        do this at once may do nothing here."""
+
     @abstractmethod
     async def destroy(self, sandbox_id: str, *, grace: float = 0.0) -> None:
         """Kill everything in the sandbox and remove every trace of it from the host.

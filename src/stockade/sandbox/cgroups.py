@@ -264,7 +264,7 @@ class SandboxCgroup:
         if limits.cpu_millicores is not None:
             quota = max(1000, limits.cpu_millicores * CFS_PERIOD_US // 1000)
             if "cpu" in self.v1:
-                (self.v1["cpu"] / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+                _write_file(self.v1["cpu"] / "cpu.cfs_period_us", str(CFS_PERIOD_US))
                 self._write(_CPU_MAX, str(quota))
             else:
                 self._write(_CPU_MAX, f"{quota} {CFS_PERIOD_US}")
@@ -274,7 +274,7 @@ class SandboxCgroup:
         v2 caps swap at 0. The file is absent when the kernel does not account swap."""
         swap = self._path(_SWAP_MAX)
         if swap and swap.exists():
-            swap.write_text(str(memory_bytes) if "memory" in self.v1 else "0")
+            _write_file(swap, str(memory_bytes) if "memory" in self.v1 else "0")
 
     def _path(self, file: _File) -> Path | None:
         if file.controller in self.v1:
@@ -287,7 +287,7 @@ class SandboxCgroup:
         path = self._path(file)
         if path is None:
             raise InvalidInput(f"No {file.controller} controller is mounted to limit with.")
-        path.write_text(value)
+        _write_file(path, value)
 
     def _read_int(self, file: _File) -> int | None:
         path = self._path(file)
@@ -369,6 +369,15 @@ def _check_name(name: str) -> None:
 
 def _unique(paths: Iterable[Path]) -> list[Path]:
     return list(dict.fromkeys(paths))  # co-mounted v1 controllers share a directory
+
+
+def _write_file(path: Path, value: str) -> None:
+    """One write to a cgroup file (a third of ``Path.write_text``'s cost)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> str:

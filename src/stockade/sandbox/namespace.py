@@ -264,6 +264,7 @@ class _Live:
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     alive: bool = True
     stopping: bool = False
+    killed: bool = False  # its init has been sent SIGKILL
     next_channel: int = MAIN_CHANNEL + 1
     buffered: int = 0
     paused: bool = False
@@ -1040,6 +1041,15 @@ class NamespaceBackend(SandboxBackend):
             disk_bytes=live.workspace.usage(),
         )
 
+    def kill(self, sandbox_id: str) -> None:
+        live = self._live.get(sandbox_id)
+        if live is None or not live.alive:
+            return
+        live.stopping = True  # what follows is not a sandbox dying by itself
+        live.killed = True
+        if not _kill_sandbox_init(live.process.pid):
+            live.process.kill()
+
     async def destroy(self, sandbox_id: str, *, grace: float = 0.0) -> None:
         live = self._live.get(sandbox_id)
         if live is not None:
@@ -1104,8 +1114,10 @@ class NamespaceBackend(SandboxBackend):
         # init reaps it all, and bubblewrap (our child) reaps the init. Killing the whole
         # cgroup at once instead would orphan the init to the host's pid 1, which may
         # never reap it. The cgroup kill stays as the backstop.
-        if not _kill_sandbox_init(live.process.pid) and live.process.poll() is None:
-            live.process.kill()
+        if not live.killed and live.process.poll() is None:
+            live.killed = True
+            if not _kill_sandbox_init(live.process.pid):
+                live.process.kill()
         if live.process.poll() is None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(live.exited.wait(), EXIT_TIMEOUT)

@@ -163,6 +163,7 @@ class SandboxService:
         self._expiry: dict[str, float] = {}  # id -> monotonic deadline
         self._cpu_samples: dict[str, tuple[int, float]] = {}  # id -> (cpu ns, monotonic)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._ending: dict[str, asyncio.Task[None]] = {}  # deletes being carried out
         self._reaper: asyncio.Task[None] | None = None
         self._available: str | None = "not started"
         self._creating = 0
@@ -217,6 +218,8 @@ class SandboxService:
                 await self._reaper
         for task in list(self._tasks):
             task.cancel()
+        if self._ending:  # deletes already answered: let them finish and be recorded
+            await asyncio.wait(list(self._ending.values()), timeout=DELETE_GRACE + 5)
         ids = list(self._live)
         await self._backend.close()
         await self._store.sandboxes.mark_many(
@@ -441,10 +444,37 @@ class SandboxService:
         return running
 
     async def delete(self, principal: Principal, sandbox_id: str, *, force: bool = False) -> None:
-        """Destroy a sandbox (gracefully unless ``force``) and keep its row as terminated.
-        Deleting one that has already ended removes what is left of it (its logs)."""
+        """Destroy a sandbox, gracefully unless ``force``; its row stays, terminated.
+
+        The answer does not wait for the host to be cleaned. It comes once the row says
+        ``terminating`` and, with ``force``, every process of the sandbox has been sent
+        SIGKILL (nothing in it runs again); without, once SIGTERM has been sent and the
+        grace period begun. Reaping, unmounting and removing the cgroup then finish in
+        the background, and the row says ``terminated`` when nothing is left. Deleting
+        one that is terminating changes nothing; deleting one that has ended removes
+        what is left of it (its logs)."""
         record = await self._reach(principal, sandbox_id, Permission.ADMIN)
-        await self._destroy(record, "Deleted.", grace=0.0 if force else DELETE_GRACE)
+        if record.status not in LIVE:
+            await self._backend.destroy(record.id)
+            return
+        if record.id in self._ending:
+            return
+        await self._store.sandboxes.update(record.id, only_from=list(LIVE), status="terminating")
+        record = self._live[record.id] = _replace(record, status="terminating")
+        self._expiry.pop(record.id, None)
+        grace = 0.0 if force else DELETE_GRACE
+        if not grace:
+            self._backend.kill(record.id)
+        task = asyncio.get_running_loop().create_task(
+            self._destroy(record, "Deleted.", grace=grace)
+        )
+        self._ending[record.id] = task
+        task.add_done_callback(lambda _: self._ending.pop(record.id, None))
+
+    async def settled(self) -> None:
+        """Wait until every delete already answered has finished cleaning up."""
+        while self._ending:
+            await asyncio.gather(*list(self._ending.values()), return_exceptions=True)
 
     async def _destroy(self, record: Sandbox, reason: str, *, grace: float = 0.0) -> None:
         """Destroy the backend's sandbox and record it terminated; answer when both are
@@ -486,7 +516,7 @@ class SandboxService:
     def _on_lost(self, sandbox_id: str, reason: str) -> None:
         """A sandbox stopped by itself (its agent died): fail it and clean up."""
         record = self._live.get(sandbox_id)
-        if record is None:
+        if record is None or record.status == "terminating":
             return
         self._forget(sandbox_id)
         self._spawn(self._fail(record, f"The sandbox stopped unexpectedly: {reason}"))

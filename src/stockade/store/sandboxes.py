@@ -14,6 +14,7 @@ from stockade.store.records import Sandbox
 from stockade.store.tables import sandbox_labels, sandboxes
 
 LIVE = ("pending", "running", "terminating")
+_INSERT = sandboxes.insert()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,9 @@ class SandboxStore:
     async def create(self, record: Sandbox) -> Sandbox:
         values = {f: getattr(record, f) for f in Sandbox.__slots__ if f != "labels"}
         async with self._db.begin() as conn:
-            await conn.execute(sandboxes.insert().values(**values))
+            # Parameters apart from the statement: one cached compilation serves every
+            # insert (``.values(**values)`` rebuilt and re-keyed it each time).
+            await conn.execute(_INSERT, values)
             if record.labels:
                 await conn.execute(
                     sandbox_labels.insert(),
