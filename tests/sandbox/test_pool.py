@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from stockade.sandbox.base import Resources, SandboxSpec, collect
 from stockade.sandbox.cgroups import CgroupLayout
-from stockade.sandbox.namespace import NamespaceBackend
+from stockade.sandbox.namespace import SPARE_NICE, NamespaceBackend
 
 RUN_DIR = Path("/run/stockade")
 
@@ -55,17 +56,24 @@ async def test_a_pooled_sandbox_takes_the_callers_limits_storage_and_env(
     assert limit(backend, "env-pooled", "memory", "memory.limit_in_bytes") == str(96 << 20)
     assert limit(backend, "env-pooled", "cpu", "cpu.cfs_quota_us") == "30000"
     result = await collect(
-        backend.exec("env-pooled", ["sh", "-c", "echo $GREETING; df -k /tmp | tail -1"])
+        backend.exec("env-pooled", ["sh", "-c", "echo $GREETING; df -k /tmp | tail -1; nice"])
     )
     lines = result.stdout.decode().splitlines()
     assert lines[0] == "hello"
     assert lines[1].split()[1] == str(8 << 10)  # the tmpfs was resized to 8 MiB
+    assert lines[2] == "0"  # spares wait at background priority; handed out, they run at 0
     fill = await collect(backend.exec("env-pooled", ["sh", "-c", "head -c 16M /dev/zero > /tmp/f"]))
     assert b"No space left on device" in fill.stderr
     await eventually(lambda: any(line.message == "main runs" for line in live.logbook.lines))
     # Handing one out starts another in the background.
     await eventually(lambda: len(backend._pool) == 2)
     assert not pooled <= {live.key for live in backend._pool}
+
+
+async def test_spares_wait_at_background_priority(backend: NamespaceBackend) -> None:
+    for live in backend._pool:
+        for pid in live.group.pids():
+            assert os.getpriority(os.PRIO_PROCESS, pid) == SPARE_NICE
 
 
 async def test_other_uids_and_a_read_only_home_start_fresh(backend: NamespaceBackend) -> None:

@@ -197,6 +197,12 @@ class SandboxCgroup:
                 return not events["populated"]
         return not any(_procs(d) for d in _unique(self.v1.values()))
 
+    def procs(self) -> list[int]:
+        """The processes in the group, read from one hierarchy (every sandbox process
+        joins them all): cgroup2's when there is one."""
+        directory = self.v2 or next(iter(self.v1.values()), None)
+        return _procs(directory) if directory is not None else []
+
     def pids(self) -> list[int]:
         """The processes in the group, in any of its hierarchies."""
         return sorted({pid for d in self.dirs for pid in _procs(d)})

@@ -696,10 +696,18 @@ static unsigned long parse_id(const char *s, const char *what) {
 }
 
 static int launch(int argc, char **argv) {
+    if (argc >= 2 && !strcmp(argv[0], "--nice")) { /* background work: a pool's spare */
+        char *end;
+        long nice = strtol(argv[1], &end, 10);
+        if (*end || nice < 0 || nice > 19) launch_fail("--nice takes 0 to 19");
+        if (setpriority(PRIO_PROCESS, 0, (int)nice) < 0) launch_fail("setpriority: %m");
+        argc -= 2;
+        argv += 2;
+    }
     int sep = 0;
     while (sep < argc && strcmp(argv[sep], "--")) sep++;
     if (sep < 3 || sep + 1 >= argc)
-        launch_fail("usage: stockade-agent launch UID GID PROCS_FILE... -- PROGRAM ARG...");
+        launch_fail("usage: stockade-agent launch [--nice N] UID GID PROCS_FILE... -- PROGRAM...");
     uid_t uid = (uid_t)parse_id(argv[0], "uid");
     gid_t gid = (gid_t)parse_id(argv[1], "gid");
     char pid[32];
