@@ -26,6 +26,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -304,7 +305,12 @@ static _Noreturn void child(int in, int out, int err, char *cwd, char **argv, ch
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL); /* SIGKILL, SIGSTOP, 32, 33 fail: fine */
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL); /* SIGKILL, SIGSTOP fail: fine */
+    /* glibc keeps 32 and 33 for itself and refuses to reset them, but an ignored one is
+     * inherited through exec: reset them with the kernel's own call. */
+    struct { void (*handler)(int); unsigned long flags; void (*restorer)(void); uint64_t mask; }
+        dfl = {SIG_DFL, 0, NULL, 0};
+    for (int s = 32; s <= 33; s++) syscall(SYS_rt_sigaction, s, &dfl, NULL, sizeof dfl.mask);
     setsid();
     if (in < 0 && (in = open("/dev/null", O_RDONLY)) < 0) { /* no /dev: an empty pipe */
         int p[2];
