@@ -314,7 +314,10 @@ async def delete_environment(
     request: Request,
     force: bool = Query(False, description="Kill at once instead of SIGTERM and a grace period."),
 ) -> Response:
-    """Destroy the environment; nothing of it is left on the host."""
+    """Destroy the environment. It answers 204 once every process in it has been sent
+    SIGKILL (``force=true``) or SIGTERM (otherwise; they get 5 s before SIGKILL); the
+    environment says ``terminating`` until nothing of it is left on the host, then
+    ``terminated``. Deleting it again is a 204 that changes nothing."""
     await services_of(request).sandboxes.delete(principal_of(request), env_id, force=force)
     return Response(status_code=204)
 

@@ -67,6 +67,7 @@ async def get_vm(vm_id: str, request: Request) -> VmOut:
     "/{vm_id}", status_code=204, response_class=Response, responses=responses(401, 403, 404, 429)
 )
 async def destroy_vm(vm_id: str, request: Request) -> Response:
-    """Force-terminate the sandbox and clean up everything of it."""
+    """Force-terminate the sandbox: every process in it is sent SIGKILL before the 204;
+    its remains are cleaned up just after (it says ``terminating`` until then)."""
     await services_of(request).sandboxes.delete(principal_of(request), vm_id, force=True)
     return Response(status_code=204)
