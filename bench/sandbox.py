@@ -110,6 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--idle", type=int, default=200, help="(d) idle sandboxes to measure")
     parser.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="STOCKADE_SANDBOX_POOL for the daemon (default: its own, 4); 0 measures cold starts",
+    )
+    parser.add_argument(
         "--settle", type=float, default=2.0, help="(d) seconds to wait before measuring"
     )
     parser.add_argument(
@@ -224,7 +230,7 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def start_daemon(tmp: Path, password: str, sandbox_max: int) -> Daemon:
+def start_daemon(tmp: Path, password: str, sandbox_max: int, pool: int | None = None) -> Daemon:
     home = tmp / "home"
     log = tmp / "daemon.log"
     port = free_port()
@@ -237,6 +243,7 @@ def start_daemon(tmp: Path, password: str, sandbox_max: int) -> Daemon:
         "STOCKADE_LOG_LEVEL": LOG_LEVEL,
         "STOCKADE_RATE_LIMIT_ENABLED": "false",
         "STOCKADE_SANDBOX_MAX": str(sandbox_max),
+        **({"STOCKADE_SANDBOX_POOL": str(pool)} if pool is not None else {}),
         "PYTHONUNBUFFERED": "1",
     }
     with log.open("wb") as sink:
@@ -930,7 +937,7 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
         try:
             floor = RawCycle()
             sandbox_max = max(256, args.idle + args.concurrent + 16)
-            daemon = start_daemon(Path(tmp), password, sandbox_max)
+            daemon = start_daemon(Path(tmp), password, sandbox_max, args.pool)
             note(f"daemon pid {daemon.process.pid} on {daemon.url} (home {daemon.home})")
             wait_healthy(daemon, args.startup_timeout)
             api = Api(daemon.url, login(daemon.url, password))
