@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from stockade.sandbox.base import SandboxSpec, collect
-from stockade.sandbox.namespace import LOG_LINES_PER_SECOND, NamespaceBackend
+from stockade.sandbox.logbook import LOG_LINES_PER_SECOND
+from stockade.sandbox.namespace import NamespaceBackend
 
 
 @pytest.fixture

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
 import os
 import secrets
@@ -35,9 +34,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +61,6 @@ from stockade.sandbox.base import (
     SandboxInfo,
     SandboxSpec,
     Stats,
-    Stream,
 )
 from stockade.sandbox.bwrap import (
     HOST_IMAGE_BINDS,
@@ -80,7 +76,23 @@ from stockade.sandbox.cgroups import (
     SandboxCgroup,
     list_sandbox_groups,
 )
+from stockade.sandbox.logbook import (
+    LOG_BYTES_PER_SECOND,
+    LOG_LINES_PER_SECOND,
+    LogBook,
+    first_lines,
+    last_lines,
+    read_log_file,
+)
 from stockade.sandbox.native import agent_binary
+from stockade.sandbox.running import (
+    GIVE_UP,
+    LOST,
+    MAIN_CHANNEL,
+    RESUME_BYTES,
+    TIMEOUT,
+    RunningSandbox,
+)
 from stockade.sandbox.seccomp import bpf_program, program_fd
 from stockade.sandbox.workspace import (
     BINDS,
@@ -112,28 +124,15 @@ ETC_FILES = {
 # clock's zone; no accounts, no secrets. Debian's alternatives links are bound read-only.
 HOST_ETC = ("ld.so.cache", "ld.so.conf", "localtime")
 HOST_ALTERNATIVES = "/etc/alternatives"
-HELLO_TIMEOUT = 10.0
+HELLOTIMEOUT = 10.0
 DEFAULT_STORAGE = 1 << 30
 STORAGE_HEADROOM = 64 << 20
 POOL_MEMORY = 256 << 20  # a pooled sandbox's memory limit until it is handed out
 SPARE_NICE = 10  # a pool's spares start at background priority: requests go first
 RUN_DIR_BYTES = 64 << 20  # the agent, /etc, and the sandboxes' mount points
-EXIT_TIMEOUT = 5.0
+EXITTIMEOUT = 5.0
 KILL_GRACE = 5.0  # after a timeout's SIGKILL, how long to wait for the agent's EXIT
 BASELINE_PIDS = 3  # bubblewrap's monitor, its init, and the agent
-READ_CHUNK = 256 * 1024
-PAUSE_BYTES = 8 << 20  # stop reading from an agent whose output nobody is taking
-RESUME_BYTES = 1 << 20
-LOG_LINES = 10_000
-LOG_LINE_BYTES = 16 * 1024
-LOG_FILE_BYTES = 16 << 20
-LOG_BYTES_PER_SECOND = 1 << 20
-LOG_LINES_PER_SECOND = 2000
-MAIN_CHANNEL = 1
-
-_TIMEOUT = object()  # a channel's timeout has passed
-_GIVE_UP = object()  # the agent did not answer a timeout's kill in time
-_LOST = object()  # the sandbox stopped
 
 
 def storage_size(resources: Resources) -> int:
@@ -154,294 +153,6 @@ def instance_name(home: Path) -> str:
     import hashlib
 
     return hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
-
-
-class _Channel:
-    __slots__ = ("id", "owner", "queue")
-
-    def __init__(self, channel_id: int, owner: _Live) -> None:
-        self.id = channel_id
-        self.owner = owner
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
-
-    def put(self, item: object) -> None:
-        if isinstance(item, proto.Frame):
-            self.owner.account_buffered(len(item.payload))
-        self.queue.put_nowait(item)
-
-    async def get(self) -> object:
-        item = await self.queue.get()
-        if isinstance(item, proto.Frame):
-            self.owner.account_buffered(-len(item.payload))
-        return item
-
-
-class _LogBook:
-    """The output of a sandbox's ``command``: a ring of recent lines, a JSON-lines file
-    that outlives a daemon crash, and the followers waiting for more."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.lines: deque[LogLine] = deque(maxlen=LOG_LINES)
-        self.followers: set[asyncio.Queue[LogLine | None]] = set()
-        self._partial: dict[Stream, bytes] = {"stdout": b"", "stderr": b""}
-        self._file = path.open("ab", buffering=0)
-        self._written = 0
-
-    def feed(self, stream: Stream, data: bytes) -> int:
-        """Add output; returns how many lines it completed."""
-        pending = self._partial[stream] + data
-        *complete, rest = pending.split(b"\n")
-        while len(rest) > LOG_LINE_BYTES:
-            complete.append(rest[:LOG_LINE_BYTES])
-            rest = rest[LOG_LINE_BYTES:]
-        self._partial[stream] = rest
-        for raw in complete:
-            self._add(stream, raw)
-        return len(complete)
-
-    def note(self, message: str) -> None:
-        """A line of the daemon's own, on stderr."""
-        self._add("stderr", message.encode())
-
-    def flush(self) -> None:
-        for stream, rest in self._partial.items():
-            if rest:
-                self._add(stream, rest)
-            self._partial[stream] = b""
-
-    def _add(self, stream: Stream, raw: bytes) -> None:
-        if self._file.closed:
-            return
-        line = LogLine(datetime.now(UTC), stream, raw.decode(errors="replace"))
-        self.lines.append(line)
-        if self._written < LOG_FILE_BYTES:
-            record = json.dumps({"t": line.timestamp.isoformat(), "s": stream, "m": line.message})
-            encoded = record.encode() + b"\n"
-            self._written += len(encoded)
-            with contextlib.suppress(OSError):
-                self._file.write(encoded)
-        for follower in self.followers:
-            follower.put_nowait(line)
-
-    def close(self) -> None:
-        self.flush()
-        for follower in self.followers:
-            follower.put_nowait(None)
-        self._file.close()
-
-
-def read_log_file(path: Path) -> list[LogLine]:
-    """The lines a log file holds; unreadable lines are skipped."""
-    lines: list[LogLine] = []
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return lines
-    for raw in text.splitlines():
-        try:
-            record = json.loads(raw)
-            stream: Stream = "stderr" if record["s"] == "stderr" else "stdout"
-            lines.append(LogLine(datetime.fromisoformat(record["t"]), stream, str(record["m"])))
-        except (ValueError, KeyError, TypeError):
-            continue
-    return lines
-
-
-@dataclass(eq=False)
-class _Live:
-    """One running sandbox, as the daemon holds it."""
-
-    spec: SandboxSpec
-    key: str  # its cgroup's and storage's name: its id, or a pool name if it was pooled
-    process: subprocess.Popen[bytes]
-    group: SandboxCgroup
-    workspace: Workspace
-    logbook: _LogBook
-    on_lost: Callable[[_Live, str], None]
-    channels: dict[int, _Channel] = field(default_factory=dict)
-    hello: asyncio.Future[None] | None = None
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
-    alive: bool = True
-    stopping: bool = False
-    killed: bool = False  # its init has been sent SIGKILL
-    next_channel: int = MAIN_CHANNEL + 1
-    buffered: int = 0
-    paused: bool = False
-    main_exit: int | None = None
-    _parser: proto.FrameParser = field(default_factory=proto.FrameParser)
-    _out: bytearray = field(default_factory=bytearray)
-    _errors: bytearray = field(default_factory=bytearray)
-    _pidfd: int = -1
-
-    def __post_init__(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.hello = loop.create_future()
-        assert self.process.stdin is not None
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        self._in_fd = self.process.stdin.fileno()
-        self._out_fd = self.process.stdout.fileno()
-        self._err_fd = self.process.stderr.fileno()
-        for fd in (self._in_fd, self._out_fd, self._err_fd):
-            os.set_blocking(fd, False)
-        loop.add_reader(self._out_fd, self._on_readable)
-        loop.add_reader(self._err_fd, self._on_stderr)
-        self._pidfd = os.pidfd_open(self.process.pid)
-        loop.add_reader(self._pidfd, self._on_exit)
-
-    # Channels.
-
-    def open_channel(self, channel_id: int | None = None) -> _Channel:
-        if not self.alive:
-            raise Conflict(f"Sandbox {self.spec.id} is not running.")
-        if channel_id is None:
-            channel_id = self.next_channel
-            self.next_channel = self.next_channel % 0xFFFFFFF0 + 1
-        channel = self.channels[channel_id] = _Channel(channel_id, self)
-        return channel
-
-    def close_channel(self, channel: _Channel) -> None:
-        self.channels.pop(channel.id, None)
-        while not channel.queue.empty():
-            item = channel.queue.get_nowait()
-            if isinstance(item, proto.Frame):
-                self.account_buffered(-len(item.payload))
-
-    def account_buffered(self, delta: int) -> None:
-        self.buffered += delta
-        if not self.alive:
-            return
-        loop = asyncio.get_running_loop()
-        if not self.paused and self.buffered > PAUSE_BYTES:
-            self.paused = True
-            loop.remove_reader(self._out_fd)
-        elif self.paused and self.buffered < RESUME_BYTES:
-            self.paused = False
-            loop.add_reader(self._out_fd, self._on_readable)
-
-    # Writing to the agent.
-
-    def send(self, data: bytes) -> None:
-        if not self.alive:
-            raise Conflict(f"Sandbox {self.spec.id} is not running.")
-        if self._out:
-            self._out += data
-            return
-        try:
-            written = os.write(self._in_fd, data)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            self.lose(f"the agent's input closed: {exc}")
-            return
-        if written < len(data):
-            self._out += data[written:]
-            self.drained.clear()
-            asyncio.get_running_loop().add_writer(self._in_fd, self._on_writable)
-
-    def pending_output(self) -> int:
-        return len(self._out)
-
-    def _on_writable(self) -> None:
-        try:
-            written = os.write(self._in_fd, self._out)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.lose(f"the agent's input closed: {exc}")
-            return
-        del self._out[:written]
-        if not self._out:
-            self.drained.set()
-            asyncio.get_running_loop().remove_writer(self._in_fd)
-
-    # Reading from the agent.
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._out_fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.lose(f"cannot read from the agent: {exc}")
-            return
-        if not data:
-            self.lose("the agent stopped")
-            return
-        try:
-            frames = self._parser.feed(data)
-        except proto.ProtocolError as exc:
-            self.lose(str(exc))
-            return
-        for item in frames:
-            self._dispatch(item)
-
-    def _dispatch(self, item: proto.Frame) -> None:
-        if item.channel == 0:
-            if item.type == proto.HELLO and self.hello and not self.hello.done():
-                self.hello.set_result(None)
-            elif item.type == proto.FAULT:
-                self.lose(f"the agent failed: {item.payload[:500].decode(errors='replace')}")
-            return
-        channel = self.channels.get(item.channel)
-        if channel is not None:
-            channel.put(item)
-
-    def _on_stderr(self) -> None:
-        try:
-            data = os.read(self._err_fd, 4096)
-        except OSError:
-            data = b""
-        if not data:
-            asyncio.get_running_loop().remove_reader(self._err_fd)
-            return
-        self._errors += data
-        del self._errors[:-4096]
-
-    def diagnostics(self) -> str:
-        return self._errors.decode(errors="replace").strip()
-
-    def _on_exit(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._pidfd)
-        self.process.poll()
-        self.exited.set()
-        self.lose("the sandbox's processes ended")
-
-    # Ending.
-
-    def lose(self, reason: str) -> None:
-        """The sandbox cannot be used any more: wake everyone who waits on it."""
-        if not self.alive:
-            return
-        self.alive = False
-        self.drained.set()
-        loop = asyncio.get_running_loop()
-        for fd in (self._out_fd, self._err_fd):
-            loop.remove_reader(fd)
-        loop.remove_writer(self._in_fd)
-        if self.hello and not self.hello.done():
-            self.hello.set_exception(SandboxError(reason))
-            self.hello.exception()  # retrieved: whoever waited may have given up already
-        for channel in list(self.channels.values()):
-            channel.put(_LOST)
-        if not self.stopping:
-            self.on_lost(self, reason)
-
-    def release(self) -> None:
-        """Close every descriptor; after the process has been reaped."""
-        loop = asyncio.get_running_loop()
-        if self._pidfd >= 0:
-            if not self.exited.is_set():
-                loop.remove_reader(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = -1
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                with contextlib.suppress(OSError):
-                    stream.close()
-        self.logbook.close()
 
 
 def _errno_error(number: int, path: str) -> Exception:
@@ -487,7 +198,7 @@ class NamespaceBackend(SandboxBackend):
         self._parent = f"stockade-{instance}"
         self._account_name = account
         self._default_pids = default_pids
-        self._live: dict[str, _Live] = {}
+        self._live: dict[str, RunningSandbox] = {}
         self._ready = False
         self._program = b""
         self._agent = self._root / "agent"
@@ -495,7 +206,7 @@ class NamespaceBackend(SandboxBackend):
         self._layout: CgroupLayout | None = None
         self._alternatives: tuple[tuple[str, str], ...] = ()
         self._pool_size = pool_size
-        self._pool: list[_Live] = []
+        self._pool: list[RunningSandbox] = []
         self._filler: asyncio.Task[None] | None = None
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -631,7 +342,9 @@ class NamespaceBackend(SandboxBackend):
             id=spec.id, backend=self.name, created_at=datetime.now(UTC), spawn_time_ms=spawn_ms
         )
 
-    async def _spawn(self, spec: SandboxSpec, key: str, *, background: bool = False) -> _Live:
+    async def _spawn(
+        self, spec: SandboxSpec, key: str, *, background: bool = False
+    ) -> RunningSandbox:
         """Start a sandbox whose cgroup and storage are named ``key``; on failure nothing
         of it is left. In the ``background`` (the pool's refills), the mount and the
         cgroup are made on a worker thread, so that requests do not wait behind them;
@@ -642,7 +355,7 @@ class NamespaceBackend(SandboxBackend):
         resources = spec.resources
         workspace = Workspace(self._sandboxes / key)
         group: SandboxCgroup | None = None
-        live: _Live | None = None
+        live: RunningSandbox | None = None
         self._spawning.add(key)
         try:
             layout = self._layout
@@ -707,18 +420,18 @@ class NamespaceBackend(SandboxBackend):
                 )
             finally:
                 os.close(fd)
-            live = _Live(
+            live = RunningSandbox(
                 spec=spec,
                 key=key,
                 process=process,
                 group=group,
                 workspace=workspace,
-                logbook=_LogBook(self._logs / f"{key}.jsonl"),
+                logbook=LogBook(self._logs / f"{key}.jsonl"),
                 on_lost=self._lost,
             )
             assert live.hello is not None
             try:
-                await asyncio.wait_for(asyncio.shield(live.hello), HELLO_TIMEOUT)
+                await asyncio.wait_for(asyncio.shield(live.hello), HELLOTIMEOUT)
             except (SandboxError, TimeoutError) as exc:
                 await asyncio.sleep(0)  # let the last of bubblewrap's stderr arrive
                 detail = live.diagnostics() or str(exc) or "no answer from the agent"
@@ -735,7 +448,7 @@ class NamespaceBackend(SandboxBackend):
 
     # The warm pool.
 
-    def _take_pooled(self, spec: SandboxSpec) -> _Live | None:
+    def _take_pooled(self, spec: SandboxSpec) -> RunningSandbox | None:
         """A pre-started sandbox made into ``spec``, or None when there is none or the
         spec needs what only a fresh start gives (another uid, a read-only home).
 
@@ -767,7 +480,7 @@ class NamespaceBackend(SandboxBackend):
                 return None
             live.logbook.close()
             live.logbook.path.unlink(missing_ok=True)
-            live.logbook = _LogBook(self._logs / f"{spec.id}.jsonl")
+            live.logbook = LogBook(self._logs / f"{spec.id}.jsonl")
             live.spec = spec
             return live
         return None
@@ -806,7 +519,7 @@ class NamespaceBackend(SandboxBackend):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run_main(self, live: _Live) -> None:
+    async def _run_main(self, live: RunningSandbox) -> None:
         """Run the sandbox's ``command`` on its own channel; its output is the log.
 
         Logging is capped at ``LOG_BYTES_PER_SECOND`` and ``LOG_LINES_PER_SECOND``, like
@@ -829,7 +542,7 @@ class NamespaceBackend(SandboxBackend):
                     window, taken_bytes, taken_lines, dropped = now, 0, 0, 0
                 if paused_until:
                     paused_until = 0.0
-                kept = _first_lines(
+                kept = first_lines(
                     event.data[: max(0, LOG_BYTES_PER_SECOND - taken_bytes)],
                     LOG_LINES_PER_SECOND - taken_lines,
                 )
@@ -848,7 +561,7 @@ class NamespaceBackend(SandboxBackend):
         live.logbook.flush()
 
     @staticmethod
-    def _resume_main(live: _Live) -> None:
+    def _resume_main(live: RunningSandbox) -> None:
         if live.alive:
             live.send(proto.flow_request(MAIN_CHANNEL, reading=True))
 
@@ -867,7 +580,7 @@ class NamespaceBackend(SandboxBackend):
 
     async def _exec(
         self,
-        live: _Live,
+        live: RunningSandbox,
         argv: list[str],
         channel_id: int | None,
         *,
@@ -902,19 +615,19 @@ class NamespaceBackend(SandboxBackend):
             elif stdin is not None:
                 feeder = loop.create_task(self._feed(live, channel.id, stdin))
             if timeout is not None:
-                timers.append(loop.call_later(max(timeout, 0.0), channel.put, _TIMEOUT))
+                timers.append(loop.call_later(max(timeout, 0.0), channel.put, TIMEOUT))
             while True:
                 item = await channel.get()
-                if item is _TIMEOUT:
+                if item is TIMEOUT:
                     timed_out = True
                     live.send(proto.signal_request(channel.id, signal.SIGKILL, proto.SCOPE_TREE))
-                    timers.append(loop.call_later(KILL_GRACE, channel.put, _GIVE_UP))
+                    timers.append(loop.call_later(KILL_GRACE, channel.put, GIVE_UP))
                     continue
-                if item is _GIVE_UP:
+                if item is GIVE_UP:
                     finished = True
                     yield Exit(128 + signal.SIGKILL, timed_out=True)
                     return
-                if item is _LOST:
+                if item is LOST:
                     raise SandboxError(f"sandbox {live.spec.id} stopped during the command")
                 assert isinstance(item, proto.Frame)
                 if item.type == proto.STDOUT:
@@ -935,7 +648,9 @@ class NamespaceBackend(SandboxBackend):
                 live.send(proto.signal_request(channel.id, signal.SIGHUP, proto.SCOPE_GROUP))
             live.close_channel(channel)
 
-    async def _feed(self, live: _Live, channel_id: int, source: AsyncIterator[bytes]) -> None:
+    async def _feed(
+        self, live: RunningSandbox, channel_id: int, source: AsyncIterator[bytes]
+    ) -> None:
         with contextlib.suppress(Conflict):
             async for data in source:
                 for chunk in proto.stdin_chunks(channel_id, data):
@@ -943,7 +658,7 @@ class NamespaceBackend(SandboxBackend):
             live.send(proto.stdin_eof(channel_id))
 
     async def _request(
-        self, live: _Live, frames: Callable[[int], Iterable[bytes]]
+        self, live: RunningSandbox, frames: Callable[[int], Iterable[bytes]]
     ) -> AsyncIterator[proto.Frame]:
         """Send a file request's frames (built for the channel it gets) and yield the
         agent's answers up to END."""
@@ -955,7 +670,7 @@ class NamespaceBackend(SandboxBackend):
                     await live.drained.wait()
             while True:
                 item = await channel.get()
-                if item is _LOST:
+                if item is LOST:
                     raise SandboxError(f"sandbox {live.spec.id} stopped")
                 assert isinstance(item, proto.Frame)
                 yield item
@@ -1016,14 +731,14 @@ class NamespaceBackend(SandboxBackend):
         live = self._live.get(sandbox_id)
         if live is None:
             lines = read_log_file(self._logs / f"{sandbox_id}.jsonl")
-            for line in _tail(lines, tail):
+            for line in last_lines(lines, tail):
                 yield line
             return
         queue: asyncio.Queue[LogLine | None] = asyncio.Queue()
         if follow:
             live.logbook.followers.add(queue)
         try:
-            for line in _tail(list(live.logbook.lines), tail):
+            for line in last_lines(list(live.logbook.lines), tail):
                 yield line
             if not follow:
                 return
@@ -1083,7 +798,7 @@ class NamespaceBackend(SandboxBackend):
 
     # Internals.
 
-    def _require(self, sandbox_id: str) -> _Live:
+    def _require(self, sandbox_id: str) -> RunningSandbox:
         live = self._live.get(sandbox_id)
         if live is None:
             raise NotFound(f"No running sandbox {sandbox_id}.")
@@ -1091,7 +806,7 @@ class NamespaceBackend(SandboxBackend):
             raise Conflict(f"Sandbox {sandbox_id} has stopped.")
         return live
 
-    def _lost(self, live: _Live, reason: str) -> None:
+    def _lost(self, live: RunningSandbox, reason: str) -> None:
         if live in self._pool:
             self._pool.remove(live)
             self._spawn_task(self._teardown(live))
@@ -1101,7 +816,7 @@ class NamespaceBackend(SandboxBackend):
         if self.on_lost is not None:
             self.on_lost(live.spec.id, reason)
 
-    async def _terminate(self, live: _Live, grace: float) -> None:
+    async def _terminate(self, live: RunningSandbox, grace: float) -> None:
         """SIGTERM every process but the agent, and give them ``grace`` seconds to end."""
         with contextlib.suppress(Conflict):
             live.send(proto.signal_request(0, signal.SIGTERM, proto.SCOPE_TREE))
@@ -1111,7 +826,7 @@ class NamespaceBackend(SandboxBackend):
                 return
             await asyncio.sleep(0.02)
 
-    async def _teardown(self, live: _Live) -> None:
+    async def _teardown(self, live: RunningSandbox) -> None:
         """Kill, reap, and remove every trace of a sandbox."""
         live.stopping = True
         if self._live.get(live.spec.id) is live:
@@ -1129,7 +844,7 @@ class NamespaceBackend(SandboxBackend):
                 live.process.kill()
         if live.process.poll() is None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(live.exited.wait(), EXIT_TIMEOUT)
+                await asyncio.wait_for(live.exited.wait(), EXITTIMEOUT)
         if live.process.poll() is None:
             live.process.kill()
             await asyncio.to_thread(live.process.wait)
@@ -1202,19 +917,3 @@ def _write_kill(directory: Path) -> bool:
     except OSError:
         return False
     return True
-
-
-def _first_lines(data: bytes, count: int) -> bytes:
-    """``data`` up to and including its ``count``-th newline (all of it if it has fewer)."""
-    end = -1
-    for _ in range(max(0, count)):
-        end = data.find(b"\n", end + 1)
-        if end < 0:
-            return data
-    return data[: end + 1] if count > 0 else b""
-
-
-def _tail(lines: list[LogLine], tail: int | None) -> list[LogLine]:
-    if tail is None:
-        return lines
-    return lines[-tail:] if tail > 0 else []
