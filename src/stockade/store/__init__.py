@@ -4,9 +4,11 @@ PostgreSQL. Nothing here knows about HTTP."""
 from __future__ import annotations
 
 from stockade.store.api_keys import ApiKeyStore
+from stockade.store.approvals import ApprovalStore
 from stockade.store.audit import AuditStore
 from stockade.store.database import Database
 from stockade.store.sandboxes import SandboxStore
+from stockade.store.tasks import TaskStore
 from stockade.store.users import UserStore
 
 
@@ -19,6 +21,8 @@ class Store:
         self.api_keys = ApiKeyStore(db)
         self.audit = AuditStore(db)
         self.sandboxes = SandboxStore(db)
+        self.tasks = TaskStore(db)
+        self.approvals = ApprovalStore(db)
 
     @classmethod
     def from_url(cls, url: str) -> Store:

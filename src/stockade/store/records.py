@@ -58,3 +58,54 @@ class Sandbox:
     expires_at: datetime
     spawn_time_ms: float | None
     labels: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    owner_id: str
+    description: str
+    status: str
+    require_approval: bool
+    timeout_seconds: int
+    metadata: dict[str, Any]
+    sandbox_id: str | None
+    pending_approval_id: str | None
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    history: list[Any] | None
+    deferred: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStep:
+    task_id: str
+    seq: int
+    at: datetime
+    tool: str
+    action_type: str
+    risk: str
+    outcome: str
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    id: str
+    task_id: str
+    owner_id: str
+    tool_call_id: str
+    action_type: str
+    risk_level: str
+    description: str
+    changes: list[dict[str, Any]]
+    action_hash: str
+    status: str
+    reason: str | None
+    created_at: datetime
+    expires_at: datetime
+    responded_at: datetime | None
+    responded_by: str | None

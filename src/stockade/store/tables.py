@@ -119,3 +119,78 @@ sandbox_labels = sa.Table(
     sa.Column("value", sa.String(63), nullable=False),
     sa.Index("ix_sandbox_labels_key_value", "key", "value"),
 )
+
+# An agent run (seed 000's task). ``history`` is the loop's stored message history and
+# ``deferred`` the tool calls it paused on: security-relevant (what runs after an approval
+# comes from here), so it lives only in the store and is never taken from a client.
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "owner_id", sa.String(64), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("require_approval", sa.Boolean(), nullable=False),
+    sa.Column("timeout_seconds", sa.Integer(), nullable=False),
+    sa.Column("metadata", sa.JSON(), nullable=False),
+    sa.Column("sandbox_id", sa.String(64), nullable=True),
+    sa.Column("pending_approval_id", sa.String(64), nullable=True),
+    sa.Column("result", sa.JSON(), nullable=True),
+    sa.Column("error", sa.JSON(), nullable=True),
+    sa.Column("history", sa.JSON(), nullable=True),
+    sa.Column("deferred", sa.JSON(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_tasks_owner_id_created_at", "owner_id", "created_at"),
+    sa.Index("ix_tasks_status", "status"),
+)
+
+# Every action a task took or tried, in order, with the policy's verdict and the outcome.
+task_steps = sa.Table(
+    "task_steps",
+    metadata,
+    sa.Column(
+        "task_id",
+        sa.String(64),
+        sa.ForeignKey("tasks.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("seq", sa.Integer(), primary_key=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("tool", sa.String(64), nullable=False),
+    sa.Column("action_type", sa.String(32), nullable=False),
+    sa.Column("risk", sa.String(16), nullable=False),
+    sa.Column("outcome", sa.String(32), nullable=False),
+    sa.Column("detail", sa.JSON(), nullable=False),
+)
+
+# A request for a person's decision on one action. Answering it is one conditional
+# UPDATE (status = 'pending' and not expired), so of concurrent answers exactly one wins.
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "task_id", sa.String(64), sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column(
+        "owner_id", sa.String(64), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("tool_call_id", sa.String(128), nullable=False),
+    sa.Column("action_type", sa.String(32), nullable=False),
+    sa.Column("risk_level", sa.String(16), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("changes", sa.JSON(), nullable=False),
+    sa.Column("action_hash", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("responded_at", UTCDateTime(), nullable=True),
+    sa.Column("responded_by", sa.String(64), nullable=True),
+    sa.Index("ix_approvals_owner_id_status", "owner_id", "status"),
+    sa.Index("ix_approvals_task_id", "task_id"),
+)
