@@ -7,6 +7,7 @@ built on Stockade, start from the same pieces.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
 import subprocess
@@ -18,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 from argon2 import PasswordHasher
 
 from stockade.api.app import create_app
+from stockade.events import Event, Subscription
 from stockade.services import Services
 from stockade.services.passwords import Passwords
 from stockade.settings import Settings
@@ -177,3 +180,27 @@ def _wait_healthy(daemon: Daemon, timeout: float) -> None:
             pass
         time.sleep(0.05)
     raise TimeoutError(f"daemon not healthy after {timeout} s:\n{daemon.output()}")
+
+
+async def sandbox_event(
+    events: Subscription, kind: str, sandbox_id: str, *, within: float = 10.0
+) -> Event:
+    """The next ``kind`` event (``sandbox.terminated``, ``sandbox.failed``…) about
+    ``sandbox_id`` on a subscription opened before the action that causes it; fails the
+    wait after ``within`` seconds."""
+    with anyio.fail_after(within):
+        async for event in events:
+            if event.type == kind and event.data.get("id") == sandbox_id:
+                return event
+    raise AssertionError(f"the event stream ended before {kind} of {sandbox_id}")
+
+
+def sse_sandbox_event(lines: Iterator[str], kind: str, sandbox_id: str) -> dict[str, Any]:
+    """The same over a daemon's ``GET /api/v1/events`` stream (its ``iter_lines()``,
+    opened before the action, with a read timeout as the bound)."""
+    for line in lines:
+        if line.startswith("data:"):
+            event: dict[str, Any] = json.loads(line[5:])
+            if event["type"] == kind and event["data"].get("id") == sandbox_id:
+                return event
+    raise AssertionError(f"the event stream ended before {kind} of {sandbox_id}")

@@ -4,6 +4,7 @@ with real sandboxes of the ``namespace`` backend behind them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from starlette.testclient import TestClient, WebSocketDenialResponse
 
@@ -26,6 +28,7 @@ from stockade.testing import (
     fast_passwords,
     make_settings,
     running_app,
+    sandbox_event,
 )
 from tests.problems import assert_problem
 
@@ -86,16 +89,21 @@ async def listed(app: TestApp, auth: dict[str, str], **params: Any) -> dict[str,
 async def wait_for_logs(
     app: TestApp, auth: dict[str, str], env_id: str, count: int
 ) -> list[dict[str, Any]]:
-    """The environment's log lines once there are at least ``count`` of them."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while True:
-        response = await app.client.get(f"{ENVIRONMENTS}/{env_id}/logs", headers=auth)
-        assert response.status_code == 200, response.text
-        logs: list[dict[str, Any]] = response.json()["logs"]
-        if len(logs) >= count:
-            return logs
-        assert asyncio.get_running_loop().time() < deadline, f"only {logs} after 10 s"
-        await asyncio.sleep(0.05)
+    """The environment's log lines once there are at least ``count`` of them: waits on the
+    log's own follow stream (bounded), then reads them through the route."""
+    principal = await app.services.auth.authenticate(auth["Authorization"])
+    lines = await app.services.sandboxes.logs(principal, env_id, tail=None, follow=True)
+    with anyio.fail_after(10):
+        seen = 0
+        async with contextlib.aclosing(lines) as stream:
+            async for _ in stream:
+                seen += 1
+                if seen >= count:
+                    break
+    response = await app.client.get(f"{ENVIRONMENTS}/{env_id}/logs", headers=auth)
+    assert response.status_code == 200, response.text
+    logs: list[dict[str, Any]] = response.json()["logs"]
+    return logs
 
 
 def host_remains(settings: Settings) -> list[str]:
@@ -195,11 +203,14 @@ async def test_create_without_resources_uses_the_defaults_and_a_one_hour_timeout
 async def test_the_reaper_ends_an_environment_when_its_timeout_passes(
     stockade: TestApp, auth: dict[str, str]
 ) -> None:
-    env_id = (await create(stockade, auth, name="short", timeout=1))["id"]
-    deadline = asyncio.get_running_loop().time() + 10
-    while (body := await get(stockade, auth, env_id))["status"] != "terminated":
-        assert asyncio.get_running_loop().time() < deadline, body
-        await asyncio.sleep(0.1)
+    events = stockade.services.events.subscribe(["sandbox."])
+    try:
+        env_id = (await create(stockade, auth, name="short", timeout=1))["id"]
+        await sandbox_event(events, "sandbox.terminated", env_id)
+    finally:
+        events.close()
+    body = await get(stockade, auth, env_id)
+    assert body["status"] == "terminated"
     assert body["metrics"] is None
     assert await stockade.services.sandboxes.active_count() == 0
 
@@ -377,15 +388,12 @@ async def test_exec_timeout_kills_the_whole_process_tree(
     assert result["stdout"] == "started\n"
     assert 400 <= result["duration_ms"] < 5000, result
     assert elapsed < 5
-    # Neither the command nor what it started in the background is left.
-    deadline = asyncio.get_running_loop().time() + 5
-    while True:
-        ps = await run(stockade, auth, env_id, ["ps", "-eo", "args"])
-        left = [line for line in ps["stdout"].splitlines() if re.search(r"sleep 3[123]", line)]
-        if not left:
-            break
-        assert asyncio.get_running_loop().time() < deadline, ps["stdout"]
-        await asyncio.sleep(0.05)
+    # Neither the command nor what it started in the background is left: the kernel's
+    # process table has no event to wait on, so the sandbox watches it, bounded by
+    # `timeout` (124 if a process outlived it).
+    gone = "while ps -eo args | grep -q '[s]leep 3[123]'; do :; done"
+    watched = await run(stockade, auth, env_id, ["timeout", "5", "sh", "-c", gone])
+    assert watched["exit_code"] == 0, watched
     # The sandbox itself survives its command's timeout.
     assert (await run(stockade, auth, env_id, ["echo", "alive"]))["stdout"] == "alive\n"
 

@@ -3,41 +3,52 @@ capacity limit, and a daemon that stops."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
-from stockade.testing import TestApp, bearer, make_settings, running_app
+from stockade.events import Subscription
+from stockade.testing import TestApp, bearer, make_settings, running_app, sandbox_event
 from tests.problems import assert_problem
 
 
-async def wait_for_status(app: TestApp, token: str, env_id: str, status: str) -> dict[str, object]:
-    for _ in range(100):
-        body: dict[str, object] = (
-            await app.client.get(f"/api/v1/environments/{env_id}", headers=bearer(token))
-        ).json()
-        if body["status"] == status:
-            return body
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{env_id} never became {status}: {body}")
+async def status_after(
+    app: TestApp, token: str, env_id: str, kind: str, events: Subscription
+) -> dict[str, object]:
+    """The environment as it reads once its ``kind`` event has been published."""
+    await sandbox_event(events, kind, env_id)
+    body: dict[str, object] = (
+        await app.client.get(f"/api/v1/environments/{env_id}", headers=bearer(token))
+    ).json()
+    return body
+
+
+@pytest.fixture
+def events(stockade: TestApp) -> Iterator[Subscription]:
+    """Sandbox events, subscribed before the test acts."""
+    subscription = stockade.services.events.subscribe(["sandbox."])
+    yield subscription
+    subscription.close()
 
 
 async def test_the_reaper_ends_a_sandbox_whose_timeout_passed(
-    stockade: TestApp, admin_token: str
+    stockade: TestApp, admin_token: str, events: Subscription
 ) -> None:
     created = await stockade.client.post(
         "/api/v1/environments", json={"name": "short", "timeout": 1}, headers=bearer(admin_token)
     )
     assert created.json()["status"] == "running"
     env_id = created.json()["id"]
-    body = await wait_for_status(stockade, admin_token, env_id, "terminated")
+    body = await status_after(stockade, admin_token, env_id, "sandbox.terminated", events)
+    assert body["status"] == "terminated"
     assert body["status_reason"] == "Its timeout passed."
     assert await stockade.services.sandboxes.active_count() == 0
 
 
 async def test_a_sandbox_whose_processes_all_die_is_failed(
-    stockade: TestApp, admin_token: str
+    stockade: TestApp, admin_token: str, events: Subscription
 ) -> None:
     env_id = (
         await stockade.client.post(
@@ -52,7 +63,8 @@ async def test_a_sandbox_whose_processes_all_die_is_failed(
     )
     assert_problem(killed, 409, error="conflict")
     assert "stopped during the command" in killed.json()["detail"]
-    body = await wait_for_status(stockade, admin_token, env_id, "failed")
+    body = await status_after(stockade, admin_token, env_id, "sandbox.failed", events)
+    assert body["status"] == "failed"
     assert "stopped unexpectedly" in str(body["status_reason"])
     late = await stockade.client.post(
         f"/api/v1/environments/{env_id}/exec",

@@ -197,12 +197,33 @@ def session_members(sid: int) -> list[int]:
 
 
 def eventually(check: object, timeout: float = 3.0) -> bool:
+    """For a state that has no event to wait on (a process changing session, a file
+    going away): look again, for at most ``timeout`` seconds. Process exits use
+    ``exits``, which waits on the kernel's own notice."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
             return True
         time.sleep(0.01)
     return False
+
+
+def exits(*pids: int, within: float = 3.0) -> bool:
+    """Whether every one of ``pids`` exits within ``within`` seconds: a pidfd becomes
+    readable when its process ends."""
+    deadline = time.monotonic() + within
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # gone already
+        try:
+            left = max(0.0, deadline - time.monotonic())
+            if not select.select([fd], [], [], left)[0] and alive(pid):
+                return False
+        finally:
+            os.close(fd)
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -373,12 +394,24 @@ def test_large_output_arrives_complete(agent: Agent) -> None:
     assert total == bytes(5_000_000)
 
 
-def test_output_still_in_the_pipes_at_exit_is_forwarded(agent: Agent) -> None:
+def test_output_still_in_the_pipes_at_exit_is_forwarded(agent: Agent, tmp_path: Path) -> None:
     # The child fills a 1 MiB pipe and exits while we are not reading, so its EXIT and a
     # full pipe are ready together: all of it must come before the EXIT.
-    script = "import fcntl, os; fcntl.fcntl(1, 1031, 1 << 20); os.write(1, b'x' * 1000000)"
-    agent.exec(1, ["python3", "-c", script])
-    time.sleep(0.3)
+    fifo = tmp_path / "pid"
+    os.mkfifo(fifo)
+    script = (
+        "import fcntl, os; fcntl.fcntl(1, 1031, 1 << 20); os.write(1, b'x' * 1000000); "
+        f"f = os.open({str(fifo)!r}, os.O_WRONLY); os.write(f, str(os.getpid()).encode())"
+    )
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        agent.exec(1, ["python3", "-c", script])
+        # The child says who it is once its output is all written; then it exits.
+        assert select.select([reader], [], [], 10)[0], "the child never wrote its pid"
+        pid = int(os.read(reader, 32))
+    finally:
+        os.close(reader)
+    assert exits(pid, within=10)
     assert agent.collect(1) == Result(b"x" * 1_000_000, b"", 0)
 
 
@@ -393,7 +426,7 @@ def test_background_processes_outlive_their_exec_until_signalled(agent: Agent) -
     pid = int(done.stdout)
     assert alive(pid)
     agent.send(SIGNAL, 7, bytes((signal.SIGKILL, 1)))  # the exec has exited already
-    assert eventually(lambda: not alive(pid))
+    assert exits(pid)
 
 
 def test_signal_scope_0_reaches_the_process_group(agent: Agent) -> None:
@@ -421,7 +454,7 @@ def test_signal_on_channel_0_reaches_every_process_but_the_agent(agent: Agent) -
     background = int(agent.run(["sh", "-c", "sleep 100 & echo $!"]).stdout)
     agent.send(SIGNAL, 0, bytes((signal.SIGTERM, 1)))
     assert agent.collect(1).code == 128 + signal.SIGTERM
-    assert eventually(lambda: not alive(background))
+    assert exits(background)
     assert agent.run(["echo", "alive"]).stdout == b"alive\n"
 
 
@@ -537,7 +570,7 @@ def test_end_of_input_kills_everything_and_exits_0(agent: Agent) -> None:
     assert alive(running)
     assert alive(background)
     assert agent.close() == 0
-    assert eventually(lambda: not alive(running) and not alive(background))
+    assert exits(running, background)
 
 
 @pytest.mark.parametrize(
@@ -555,7 +588,7 @@ def test_a_broken_stream_ends_the_agent_with_2(agent: Agent, data: bytes) -> Non
     frame = agent.recv()
     assert (frame.type, frame.channel) == (FAULT, 0)
     assert agent.process.wait(5) == 2
-    assert eventually(lambda: not alive(pid))  # it took its children with it
+    assert exits(pid)  # it took its children with it
 
 
 # Launch.

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from stockade.sandbox.base import Resources, SandboxSpec, collect
@@ -16,12 +16,11 @@ from stockade.sandbox.namespace import SPARE_NICE, NamespaceBackend
 RUN_DIR = Path("/run/stockade")
 
 
-async def eventually(check: object, seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.02)):
-        if check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the condition never held")
+async def settled(backend: NamespaceBackend, spares: int) -> None:
+    """Wait (bounded) for the backend's background work, then expect ``spares``."""
+    with anyio.fail_after(10):
+        await backend.settle()
+    assert len(backend._pool) == spares
 
 
 @pytest.fixture
@@ -30,7 +29,7 @@ async def backend(tmp_path: Path) -> AsyncIterator[NamespaceBackend]:
         RUN_DIR, tmp_path / "state", instance=f"pool-{tmp_path.name[-10:]}", pool_size=2
     )
     await backend.start()
-    await eventually(lambda: len(backend._pool) == 2)
+    await settled(backend, 2)
     yield backend
     await backend.close()
 
@@ -64,9 +63,11 @@ async def test_a_pooled_sandbox_takes_the_callers_limits_storage_and_env(
     assert lines[2] == "0"  # spares wait at background priority; handed out, they run at 0
     fill = await collect(backend.exec("env-pooled", ["sh", "-c", "head -c 16M /dev/zero > /tmp/f"]))
     assert b"No space left on device" in fill.stderr
-    await eventually(lambda: any(line.message == "main runs" for line in live.logbook.lines))
+    with anyio.fail_after(10):
+        first = await anext(aiter(backend.logs("env-pooled", follow=True)))
+    assert first.message == "main runs"
     # Handing one out starts another in the background.
-    await eventually(lambda: len(backend._pool) == 2)
+    await settled(backend, 2)
     assert not pooled <= {live.key for live in backend._pool}
 
 
@@ -90,8 +91,11 @@ async def test_other_uids_and_a_read_only_home_start_fresh(backend: NamespaceBac
 async def test_a_pooled_sandbox_that_dies_is_replaced(backend: NamespaceBackend) -> None:
     victim = backend._pool[0]
     victim.group.kill()
-    await eventually(lambda: victim not in backend._pool and len(backend._pool) == 2)
-    await eventually(lambda: not victim.workspace.directory.exists())
+    with anyio.fail_after(10):
+        await victim.exited.wait()  # the backend notices through the same pidfd
+    await settled(backend, 2)
+    assert victim not in backend._pool
+    assert not victim.workspace.directory.exists()
     layout = CgroupLayout.detect()
     assert not any((root / backend._parent / victim.key).exists() for root in layout.roots())
 
@@ -100,7 +104,7 @@ async def test_close_takes_the_pool_with_it(tmp_path: Path) -> None:
     instance = f"poolc-{tmp_path.name[-10:]}"
     backend = NamespaceBackend(RUN_DIR, tmp_path / "state", instance=instance, pool_size=3)
     await backend.start()
-    await eventually(lambda: len(backend._pool) == 3)
+    await settled(backend, 3)
     await backend.close()
     assert not (RUN_DIR / instance).exists()
     layout = CgroupLayout.detect()

@@ -198,7 +198,7 @@ class SandboxBackend(ABC):
 
     @abstractmethod
     async def stats(self, sandbox_id: str) -> Stats:
-        """Current usage: cpu time, memory, processes, and disk when the backend knows."""
+        """Current usage: cpu time, memory, processes, and the storage in use."""
 
     def kill(self, sandbox_id: str) -> None:  # noqa: B027 - optional for a backend
         """Send every process of the sandbox SIGKILL now, without waiting for them to end;

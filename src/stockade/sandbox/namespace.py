@@ -485,6 +485,13 @@ class NamespaceBackend(SandboxBackend):
             return live
         return None
 
+    async def settle(self) -> None:
+        """Wait for this backend's background work: tear-downs under way and the pool's
+        refill (for whoever wants the pool warm first: tests, benchmarks)."""
+        while self._tasks or (self._filler is not None and not self._filler.done()):
+            pending = [*self._tasks, *([self._filler] if self._filler else [])]
+            await asyncio.gather(*pending, return_exceptions=True)
+
     def _refill(self) -> None:
         """Start topping the pool up in the background, if it is not being topped up."""
         if self._pool_size <= 0 or self._closing or not self._ready:
