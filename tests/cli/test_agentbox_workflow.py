@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 
 from stockade.sandbox.cgroups import CgroupLayout
-from stockade.testing import ADMIN_PASSWORD, daemon_process
+from stockade.testing import ADMIN_PASSWORD, daemon_process, sse_sandbox_event
 from tests.seeds import fenced_block, seed_text
 
 PIP_STEP = re.compile(r'echo "Installing dependencies\.\.\."\ncurl .*?\| jq\n', re.DOTALL)
@@ -54,14 +53,27 @@ def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
             json={"username": "admin", "password": ADMIN_PASSWORD},
         )
         token = login.json()["token"]
-        result = subprocess.run(
-            ["bash", "-c", workflow(daemon.url, token)],
-            env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        headers = {"Authorization": f"Bearer {token}"}
+        # Subscribed before the script runs, to see its environment end.
+        with httpx.stream(
+            "GET",
+            f"{daemon.url}/api/v1/events",
+            params={"type": "sandbox."},
+            headers=headers,
+            timeout=30,
+        ) as events:
+            result = subprocess.run(
+                ["bash", "-c", workflow(daemon.url, token)],
+                env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            created = re.search(r"Created environment: (env-[0-9a-f]+)", result.stdout)
+            assert created, result.stdout + result.stderr
+            # The DELETE answered at once; the host is cleaned, then this is published.
+            sse_sandbox_event(events.iter_lines(), "sandbox.terminated", created.group(1))
         out = result.stdout
         assert result.returncode == 0, result.stderr + out
         env_id = re.search(r"Created environment: (env-[0-9a-f]+)", out)
@@ -72,15 +84,9 @@ def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
         assert '"exit_code": 0' in out
         assert '"logs": []' in out  # no `command` was given, so nothing was logged
         assert out.rstrip().endswith("Done!")
-        # The DELETE answered at once; the host is cleaned in the background.
-        for _ in range(100):
-            after = httpx.get(
-                f"{daemon.url}/api/v1/environments/{env_id.group(1)}",
-                headers={"Authorization": f"Bearer {token}"},
-            ).json()
-            if after["status"] != "terminating":
-                break
-            time.sleep(0.05)
+        after = httpx.get(
+            f"{daemon.url}/api/v1/environments/{env_id.group(1)}", headers=headers
+        ).json()
         assert after["status"] == "terminated"
         layout = CgroupLayout.detect()
         leftovers = [
