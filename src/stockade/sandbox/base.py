@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from stockade.errors import StockadeError
+from stockade.errors import InvalidInput, StockadeError
 
 Stream = Literal["stdout", "stderr"]
 
@@ -30,6 +30,10 @@ class SandboxError(StockadeError):
 
 class Unsupported(SandboxError):
     """This backend does not support that operation."""
+
+
+class IsADirectory(InvalidInput):
+    """The path names a directory where a file was expected."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,7 @@ from stockade.sandbox.base import (
     ExecEvent,
     Exit,
     FileEntry,
+    IsADirectory,
     LogLine,
     Output,
     Recovery,
@@ -161,7 +162,7 @@ def _errno_error(number: int, path: str) -> Exception:
     if number == errno.ENOTDIR:
         return NotFound(f"A parent of {path} is not a directory.")
     if number == errno.EISDIR:
-        return InvalidInput(f"{path} is a directory.")
+        return IsADirectory(f"{path} is a directory.")
     if number == errno.ELOOP:
         return InvalidInput(f"{path} is a symbolic link; links are not followed.")
     if number == errno.EINVAL:

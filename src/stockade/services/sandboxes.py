@@ -40,6 +40,7 @@ from stockade.sandbox.base import (
     ExecEvent,
     ExecResult,
     FileEntry,
+    IsADirectory,
     LogLine,
     NetworkPolicy,
     Resources,
@@ -591,11 +592,18 @@ class SandboxService:
         await self._reach(principal, sandbox_id, Permission.READ)
         return self._backend.logs(sandbox_id, tail=tail, follow=follow and sandbox_id in self._live)
 
-    async def read_file(self, principal: Principal, sandbox_id: str, path: str) -> bytes:
+    async def download(
+        self, principal: Principal, sandbox_id: str, path: str
+    ) -> bytes | list[FileEntry]:
+        """The file at ``path``, or the entries of the directory there."""
         await self._running(principal, sandbox_id, Permission.WRITE)
-        return await self._backend.read_file(
-            sandbox_id, sandbox_path(path), limit=self._settings.max_upload_bytes
-        )
+        target = sandbox_path(path)
+        try:
+            return await self._backend.read_file(
+                sandbox_id, target, limit=self._settings.max_upload_bytes
+            )
+        except IsADirectory:
+            return await self._backend.list_files(sandbox_id, target)
 
     async def write_file(
         self, principal: Principal, sandbox_id: str, path: str, data: bytes, mode: int = 0o644
@@ -604,10 +612,6 @@ class SandboxService:
         target = sandbox_path(path)
         await self._backend.write_file(sandbox_id, target, data, mode)
         return target
-
-    async def list_files(self, principal: Principal, sandbox_id: str, path: str) -> list[FileEntry]:
-        await self._running(principal, sandbox_id, Permission.WRITE)
-        return await self._backend.list_files(sandbox_id, sandbox_path(path))
 
     def _publish(self, kind: str, record: Sandbox) -> None:
         self._events.publish(

@@ -17,7 +17,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from stockade.api.deps import WS_AUTH_PROTOCOL, principal_of, services_of
 from stockade.api.errors import problem, responses, status_of
-from stockade.errors import InvalidInput, StockadeError
+from stockade.errors import StockadeError
 from stockade.sandbox.base import Exit, Output
 from stockade.sandbox.quantities import format_bytes, format_cpu
 from stockade.services.sandboxes import EnvironmentRequest, Usage
@@ -432,25 +432,19 @@ async def download_file(
     path: str = Query(..., min_length=1, max_length=4096, description="Path inside the sandbox."),
 ) -> Response:
     """The raw bytes of the file at ``path``, or a JSON listing when it is a directory."""
-    sandboxes = services_of(request).sandboxes
-    principal = principal_of(request)
-    try:
-        data = await sandboxes.read_file(principal, env_id, path)
-    except InvalidInput as exc:
-        if "is a directory" not in exc.message:
-            raise
-        entries = await sandboxes.list_files(principal, env_id, path)
-        listing = Listing(
-            path=path,
-            entries=[
-                EntryOut(
-                    path=e.path, size=e.size, is_dir=e.is_dir, mode=oct(e.mode), modified=e.modified
-                )
-                for e in entries
-            ],
-        )
-        return Response(listing.model_dump_json(), media_type="application/json")
-    return Response(data, media_type="application/octet-stream")
+    found = await services_of(request).sandboxes.download(principal_of(request), env_id, path)
+    if isinstance(found, bytes):
+        return Response(found, media_type="application/octet-stream")
+    listing = Listing(
+        path=path,
+        entries=[
+            EntryOut(
+                path=e.path, size=e.size, is_dir=e.is_dir, mode=oct(e.mode), modified=e.modified
+            )
+            for e in found
+        ],
+    )
+    return Response(listing.model_dump_json(), media_type="application/json")
 
 
 @router.websocket("/{env_id}/attach")
