@@ -56,6 +56,29 @@ class Metrics:
             ["backend"],
             registry=self.registry,
         )
+        self.tasks = Gauge(
+            "stockade_tasks",
+            "Tasks by status (a task waiting for a person counts as running).",
+            ["status"],
+            registry=self.registry,
+        )
+        self.approvals_pending = Gauge(
+            "stockade_approvals_pending",
+            "Approvals waiting for a person now.",
+            registry=self.registry,
+        )
+        self.approvals_decided = Counter(
+            "stockade_approvals_decided",
+            "Approvals that ended, by how: approved, denied or expired.",
+            ["decision"],
+            registry=self.registry,
+        )
+        self.approval_wait = Histogram(
+            "stockade_approval_wait_seconds",
+            "Time from an approval's request to its answer or expiry.",
+            buckets=(0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=self.registry,
+        )
         self._request_counters: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}
         info = Gauge(

@@ -95,6 +95,30 @@ class Settings(BaseSettings):
     sandbox_pool: int = Field(
         4, ge=0, le=64, description="Sandboxes kept started ahead, to hand out on create."
     )
+    llm_model: str | None = Field(
+        None,
+        description="The agent's model, e.g. openai:gpt-4o, or a model name on "
+        "STOCKADE_LLM_BASE_URL; unset: the rule-based planner.",
+    )
+    llm_base_url: str | None = Field(
+        None, description="An OpenAI-compatible server (Ollama, vLLM, llama.cpp) for the model."
+    )
+    llm_api_key: SecretStr | None = Field(None, description="The API key for the model's server.")
+    policy_file: Path | None = Field(
+        None, description="A TOML or YAML policy file: rules, protected paths, the threshold."
+    )
+    approval_ttl_seconds: int = Field(
+        300, ge=1, description="How long an approval waits for an answer before it expires."
+    )
+    task_timeout: int = Field(
+        300, ge=1, description="Default timeout_seconds of a task (time spent running)."
+    )
+    task_template: Path | None = Field(
+        None, description="A directory copied into every new task's home directory."
+    )
+    plan_step_timeout: int = Field(
+        300, ge=1, description="Seconds one step of a Luna plan may run before it is killed."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -10,16 +10,21 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from stockade.agent.loop import AgentRunner
+from stockade.agent.model import build_model, describe
 from stockade.events import EventBus
 from stockade.metrics import Metrics
+from stockade.policy import DEFAULT_POLICY, load_policy
 from stockade.sandbox.base import SandboxBackend
 from stockade.sandbox.namespace import NamespaceBackend, instance_name
 from stockade.services.auth import AuthService
 from stockade.services.health import HealthService
 from stockade.services.passwords import Passwords
+from stockade.services.plans import PlanService
 from stockade.services.sandboxes import SandboxService
 from stockade.services.secrets import load_or_create_secret
 from stockade.services.streams import StreamService
+from stockade.services.tasks import TaskService
 from stockade.services.tokens import Tokens
 from stockade.services.users import BootstrapResult, UserService
 from stockade.settings import Settings
@@ -39,6 +44,8 @@ class Services:
     health: HealthService
     streams: StreamService
     sandboxes: SandboxService
+    tasks: TaskService
+    plans: PlanService
 
     @classmethod
     def build(
@@ -68,7 +75,8 @@ class Services:
             pool_size=settings.sandbox_pool,
         )
         sandboxes = SandboxService(settings, store, backend, events, metrics)
-        health = HealthService(store)
+        policy = load_policy(settings.policy_file) if settings.policy_file else DEFAULT_POLICY
+        health = HealthService(store, llm=describe(settings))
         health.backend = sandboxes.backend_status
         health.active_sandboxes = sandboxes.active_count
         return cls(
@@ -81,6 +89,16 @@ class Services:
             health=health,
             streams=StreamService(events, metrics),
             sandboxes=sandboxes,
+            tasks=TaskService(
+                settings,
+                store,
+                sandboxes,
+                events,
+                metrics,
+                AgentRunner(build_model(settings)),
+                policy,
+            ),
+            plans=PlanService(settings, store, sandboxes, policy),
         )
 
     async def start(self) -> BootstrapResult:
@@ -100,10 +118,12 @@ class Services:
         elif result.created:
             logger.info("created the user 'admin' with the password from STOCKADE_ADMIN_PASSWORD")
         await self.sandboxes.start()
+        await self.tasks.start()
         return result
 
     async def stop(self) -> None:
         try:
+            await self.tasks.stop()
             await self.sandboxes.stop()
         finally:
             await self.store.close()

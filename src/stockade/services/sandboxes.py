@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from stockade.errors import (
@@ -43,6 +44,7 @@ from stockade.sandbox.base import (
     IsADirectory,
     LogLine,
     NetworkPolicy,
+    Output,
     Resources,
     SandboxBackend,
     SandboxError,
@@ -70,6 +72,7 @@ RUNTIME_CLASSES = {
 EXEC_OUTPUT_LIMIT = 16 << 20
 DELETE_GRACE = 5.0
 REAP_INTERVAL = 1.0
+ARCHIVE_TIMEOUT = 300.0
 _LABEL_KEY = re.compile(
     r"([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
 )
@@ -612,6 +615,61 @@ class SandboxService:
         target = sandbox_path(path)
         await self._backend.write_file(sandbox_id, target, data, mode)
         return target
+
+    # For other services (tasks, jobs), which act for a sandbox's owner themselves.
+
+    def is_running(self, sandbox_id: str) -> bool:
+        """Whether this daemon runs ``sandbox_id`` now (and is not destroying it)."""
+        return sandbox_id in self._live and sandbox_id not in self._ending
+
+    async def archive(self, sandbox_id: str, directory: str, dest: Path) -> int:
+        """Write a tar of ``directory`` in the sandbox to ``dest`` on the host; returns its
+        size. ``tar`` runs inside the sandbox, confined like any command, and its output
+        is streamed to the file, so nothing in the sandbox is read by the daemon itself."""
+        events = self._backend.exec(
+            sandbox_id, ["tar", "-C", directory, "-cf", "-", "."], timeout=ARCHIVE_TIMEOUT
+        )
+        size = 0
+        errors = bytearray()
+        partial = dest.with_name(dest.name + ".partial")
+        with partial.open("wb") as out:
+            async for event in events:
+                if isinstance(event, Output):
+                    if event.stream == "stdout":
+                        out.write(event.data)
+                        size += len(event.data)
+                    else:
+                        errors += event.data[: 4096 - len(errors)]
+                elif event.code != 0:
+                    partial.unlink(missing_ok=True)
+                    raise SandboxError(
+                        f"tar of {directory} exited {event.code}: "
+                        + errors.decode("utf-8", "replace").strip()
+                    )
+        partial.replace(dest)
+        return size
+
+    async def unarchive(self, sandbox_id: str, directory: str, source: Path) -> None:
+        """Unpack the tar at ``source`` (made by ``archive``) into ``directory`` in the
+        sandbox; ``tar`` runs inside it."""
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with source.open("rb") as data:
+                while chunk := data.read(1 << 16):
+                    yield chunk
+
+        events = self._backend.exec(
+            sandbox_id,
+            ["tar", "-C", directory, "-xf", "-"],
+            stdin=chunks(),
+            timeout=ARCHIVE_TIMEOUT,
+        )
+        result = await collect(events, limit=1 << 16)
+        if result.exit_code != 0:
+            raise SandboxError(
+                f"unpacking into {directory} exited {result.exit_code}: "
+                + result.stderr.decode("utf-8", "replace").strip()
+            )
 
     def _publish(self, kind: str, record: Sandbox) -> None:
         self._events.publish(

@@ -110,6 +110,28 @@ class ApprovalStore:
             )
         return Answer(record)
 
+    async def for_task(self, task_id: str) -> list[Approval]:
+        query = (
+            approvals.select()
+            .where(approvals.c.task_id == task_id)
+            .order_by(approvals.c.created_at, approvals.c.id)
+        )
+        async with self._db.connect() as conn:
+            return [Approval(**row._mapping) for row in await conn.execute(query)]
+
+    async def cancel_pending(self, task_id: str, at: datetime) -> list[str]:
+        """Withdraw the task's pending approvals (it was cancelled); their ids."""
+        due = sa.and_(approvals.c.task_id == task_id, approvals.c.status == "pending")
+        async with self._db.begin() as conn:
+            ids = [row.id for row in await conn.execute(sa.select(approvals.c.id).where(due))]
+            if ids:
+                await conn.execute(
+                    approvals.update()
+                    .where(approvals.c.id.in_(ids), approvals.c.status == "pending")
+                    .values(status="cancelled", responded_at=at)
+                )
+        return ids
+
     async def expire_due(self, at: datetime) -> list[Approval]:
         """Mark every pending approval whose time has passed as expired; they count as
         denied. Returns them as they now stand."""

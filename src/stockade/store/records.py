@@ -78,6 +78,7 @@ class Task:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    active_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

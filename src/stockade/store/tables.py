@@ -144,6 +144,7 @@ tasks = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("active_seconds", sa.Float(), nullable=False, server_default="0"),
     sa.Index("ix_tasks_owner_id_created_at", "owner_id", "created_at"),
     sa.Index("ix_tasks_status", "status"),
 )

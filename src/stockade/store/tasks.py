@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from stockade.store.database import Database
-from stockade.store.records import Task, TaskStep
-from stockade.store.tables import task_steps, tasks
+from stockade.store.records import Approval, Task, TaskStep
+from stockade.store.tables import approvals, task_steps, tasks
 
 _INSERT = tasks.insert()
 
@@ -78,6 +78,46 @@ class TaskStore:
             query = query.where(tasks.c.status.in_(list(only_from)))
         async with self._db.begin() as conn:
             return (await conn.execute(query)).rowcount == 1
+
+    async def pause(self, task_id: str, pending: Sequence[Approval], **values: Any) -> bool:
+        """A running task starts waiting: its approvals are stored and the task marked
+        ``waiting`` (with ``values``: its history, its pending calls…) in one
+        transaction, so no answer can arrive before the task waits for it. False, and
+        nothing stored, when the task is no longer running (it was cancelled)."""
+        waiting = (
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.status == "running")
+            .values(status="waiting", pending_approval_id=pending[0].id, **values)
+        )
+        rows = [{f: getattr(record, f) for f in Approval.__slots__} for record in pending]
+        async with self._db.begin() as conn:
+            if (await conn.execute(waiting)).rowcount != 1:
+                return False
+            await conn.execute(approvals.insert(), rows)
+        return True
+
+    async def claim_resume(self, task_id: str) -> bool:
+        """Claim a waiting task whose approvals are all answered: it becomes ``running``.
+        Of concurrent claims exactly one wins (the conditional UPDATE), so a paused run
+        is resumed once and never replayed (AGENT_LOOP.md pitfall 1)."""
+        unanswered = (
+            sa.select(approvals.c.id)
+            .where(approvals.c.task_id == task_id, approvals.c.status == "pending")
+            .exists()
+        )
+        claim = (
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.status == "waiting", ~unanswered)
+            .values(status="running", pending_approval_id=None)
+        )
+        async with self._db.begin() as conn:
+            return (await conn.execute(claim)).rowcount == 1
+
+    async def counts(self) -> dict[str, int]:
+        """How many tasks are in each status."""
+        query = sa.select(tasks.c.status, sa.func.count()).group_by(tasks.c.status)
+        async with self._db.connect() as conn:
+            return {status: int(n) for status, n in await conn.execute(query)}
 
     async def add_step(self, step: TaskStep) -> TaskStep:
         """Append a step; its ``seq`` is given by the caller (the loop is sequential per
