@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pydantic_ai.models
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -14,6 +15,10 @@ from stockade.settings import Settings
 from stockade.testing import TestApp, make_settings, running_app
 
 PG_URL_VAR = "STOCKADE_TEST_DATABASE_URL"
+
+# No test may reach a real language model: any model but a FunctionModel or TestModel
+# raises instead of sending a request.
+pydantic_ai.models.ALLOW_MODEL_REQUESTS = False
 
 
 def postgres_url() -> str:

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     approval_ttl_seconds: int = Field(
         300, ge=1, description="How long an approval waits for an answer before it expires."
     )
+    approval_answer_wait: float = Field(
+        2.0,
+        ge=0,
+        description="Seconds an answer to an approval waits for the resumed task to finish "
+        "or pause again before it replies (0: reply at once).",
+    )
     task_timeout: int = Field(
         300, ge=1, description="Default timeout_seconds of a task (time spent running)."
     )

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,8 @@ import httpx
 from argon2 import PasswordHasher
 
 from stockade.api.app import create_app
+from stockade.errors import NotFound
+from stockade.sandbox.base import ExecResult, FileEntry
 from stockade.events import Event, Subscription
 from stockade.services import Services
 from stockade.services.passwords import Passwords
@@ -193,6 +195,64 @@ async def sandbox_event(
             if event.type == kind and event.data.get("id") == sandbox_id:
                 return event
     raise AssertionError(f"the event stream ended before {kind} of {sandbox_id}")
+
+
+async def task_event(
+    events: Subscription, kinds: str | tuple[str, ...], task_id: str, *, within: float = 15.0
+) -> Event:
+    """The next event of one of ``kinds`` (``task.completed``, ``approval.requested``…)
+    about ``task_id``, on a subscription opened before the action that causes it."""
+    wanted = (kinds,) if isinstance(kinds, str) else kinds
+    with anyio.fail_after(within):
+        async for event in events:
+            about = event.data.get("task_id", event.data.get("id"))
+            if event.type in wanted and about == task_id:
+                return event
+    raise AssertionError(f"the event stream ended before {wanted} of {task_id}")
+
+
+def old_files(directory: Path, names: dict[str, int]) -> Path:
+    """Write ``names`` (relative path -> age in days) under ``directory``, each with a few
+    bytes and its modification time that many days ago; returns ``directory`` (a task
+    template, say)."""
+    now = time.time()
+    for name, age in names.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{name}\n" * 8)
+        when = now - age * 86400
+        os.utime(path, (when, when))
+    return directory
+
+
+class FakeWorkspace:
+    """A stand-in for a task's sandbox in unit tests of the agent loop: it records every
+    command and file operation, runs nothing, and answers from ``files``."""
+
+    def __init__(self, files: dict[str, bytes] | None = None) -> None:
+        self.files = dict(files or {})
+        self.commands: list[list[str]] = []
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float,  # noqa: ASYNC109 - the command's limit, not this call's
+    ) -> ExecResult:
+        self.commands.append(list(argv))
+        return ExecResult(b"", b"", 0, False, 0.1)
+
+    async def read(self, path: str, *, limit: int) -> bytes:
+        if path not in self.files:
+            raise NotFound(f"{path} does not exist")
+        return self.files[path][:limit]
+
+    async def write(self, path: str, data: bytes) -> None:
+        self.files[path] = data
+
+    async def listing(self, path: str) -> list[FileEntry]:
+        return []
 
 
 def sse_sandbox_event(lines: Iterator[str], kind: str, sandbox_id: str) -> dict[str, Any]:

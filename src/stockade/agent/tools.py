@@ -24,6 +24,7 @@ import posixpath
 import shlex
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic_ai import ApprovalRequired, FunctionToolset, RunContext
@@ -319,6 +320,7 @@ async def _guarded(
             description, changes = await card(ctx) if card is not None else (describe, [])
             raise ApprovalRequired(
                 metadata={
+                    "requested_at": _now_iso(),
                     "hash": digest,
                     "tool": tool,
                     "action_type": verdict.action_type.value,
@@ -332,12 +334,13 @@ async def _guarded(
             decision = "not_required"
     if deps.on_run is not None:
         deps.on_run(tool, ctx.tool_call_id or "")
+    started = _now_iso()
     try:
         result = await execute()
     except (NotFound, IsADirectory, PayloadTooLarge, InvalidInput) as exc:
         result = {"error": exc.message}
     failed = "error" in result or result.get("exit_code", 0) != 0
-    detail = base | _excerpt(result)
+    detail = base | {"started_at": started} | _excerpt(result)
     await deps.record(
         _record(tool, verdict, decision, "failed" if failed else "completed", describe, detail)
     )
@@ -477,6 +480,10 @@ def _excerpt(result: Mapping[str, Any]) -> dict[str, Any]:
         if value:
             kept[key] = value if len(value) <= 2000 else value[:2000] + "…"
     return kept
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _size(size: int | None) -> str:

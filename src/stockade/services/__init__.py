@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from pydantic_ai.models import Model
+
 from stockade.agent.loop import AgentRunner
 from stockade.agent.model import build_model, describe
 from stockade.events import EventBus
@@ -54,8 +56,10 @@ class Services:
         *,
         passwords: Passwords | None = None,
         backend: SandboxBackend | None = None,
+        model: Model | None = None,
     ) -> Services:
-        """Wire every service from ``settings``. Opens nothing yet: see ``start``."""
+        """Wire every service from ``settings``. Opens nothing yet: see ``start``.
+        ``model`` replaces the one the settings name (tests give a scripted one)."""
         home = settings.ensure_home()
         secret = (
             settings.jwt_secret.get_secret_value()
@@ -95,7 +99,7 @@ class Services:
                 sandboxes,
                 events,
                 metrics,
-                AgentRunner(build_model(settings)),
+                AgentRunner(model or build_model(settings)),
                 policy,
             ),
             plans=PlanService(settings, store, sandboxes, policy),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from stockade.errors import Unavailable
-from stockade.events import EventBus, Subscription
+from stockade.events import Event, EventBus, Subscription
 from stockade.metrics import Metrics
 from stockade.services.principal import Principal
 
@@ -29,11 +29,23 @@ class EventStream:
 
     async def _visible(self) -> AsyncIterator[dict[str, object]]:
         async for event in self._sub:
-            if self._principal.is_admin or event.owner == self._principal.user_id:
+            if self._sees(event):
                 body = event.to_json()
                 if event.dropped:
                     body["dropped"] = event.dropped
                 yield body
+
+    def _sees(self, event: Event) -> bool:
+        """Admins see everything, users their own events; a key limited to named
+        environments sees only those environments' sandbox events."""
+        principal = self._principal
+        if principal.permissions is not None:
+            return (
+                event.owner == principal.user_id
+                and event.type.startswith("sandbox.")
+                and str(event.data.get("id")) in principal.permissions
+            )
+        return principal.is_admin or event.owner == principal.user_id
 
     def close(self) -> None:
         self._service.closed(self._sub)

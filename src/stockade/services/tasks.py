@@ -335,6 +335,14 @@ class TaskService:
         if not approved:
             await self._refused_step(decided, "denied")
         await self._try_resume(decided.task_id)
+        drive = self._drives.get(decided.task_id)
+        if drive is not None and self._settings.approval_answer_wait > 0:
+            # A script that reads the task right after answering sees where the answer led
+            # (completed, failed, or waiting again) unless that takes longer than this.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(
+                    asyncio.shield(drive), timeout=self._settings.approval_answer_wait
+                )
         return decided
 
     # The run.
@@ -426,7 +434,7 @@ class TaskService:
             return
         now = _now()
         ttl = timedelta(seconds=self._settings.approval_ttl_seconds)
-        pending = [_approval(task, call, now, now + ttl) for call in segment.pending]
+        pending = [_approval(task, call, now, ttl) for call in segment.pending]
         deferred = {
             "calls": [{"tool_call_id": a.tool_call_id, "approval_id": a.id} for a in pending]
         }
@@ -769,8 +777,11 @@ def approval_json(record: Approval, now: datetime | None = None) -> dict[str, An
     }
 
 
-def _approval(task: Task, call: PendingCall, now: datetime, expires: datetime) -> Approval:
+def _approval(task: Task, call: PendingCall, now: datetime, ttl: timedelta) -> Approval:
     meta = call.metadata
+    # The moment the tool asked (before the files were archived and the row stored).
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        now = datetime.fromisoformat(str(meta["requested_at"]).replace("Z", "+00:00"))
     return Approval(
         id=str(uuid.uuid4()),
         task_id=task.id,
@@ -784,7 +795,7 @@ def _approval(task: Task, call: PendingCall, now: datetime, expires: datetime) -
         status="pending",
         reason=None,
         created_at=now,
-        expires_at=expires,
+        expires_at=now + ttl,
         responded_at=None,
         responded_by=None,
     )
