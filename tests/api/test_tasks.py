@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from stockade.errors import InvalidInput
 from stockade.events import Subscription
+from stockade.services import Services
 from stockade.store.tables import approvals, tasks
 from stockade.testing import TestApp, bearer, make_settings, old_files, running_app, task_event
 from tests.problems import assert_problem
@@ -104,7 +106,8 @@ async def test_a_task_answers_running_with_its_sandbox(
     body = await create(stockade, admin_token, "list files", metadata={"ticket": 7})
     assert body["status"] == "running"
     assert body["vm_id"].startswith("env-")
-    assert body["created_at"] and body["started_at"]
+    assert body["created_at"]
+    assert body["started_at"]
     assert body["metadata"] == {"ticket": 7}
     vm = await stockade.client.get(f"/api/v1/vms/{body['vm_id']}", headers=bearer(admin_token))
     assert vm.status_code == 200
@@ -144,7 +147,8 @@ async def test_delete_old_logs_waits_for_a_person_then_deletes_them(
         "pending",
     )
     command = approval["changes"][0]
-    assert command["type"] == "CommandExec" and command["command"].startswith("rm -f -- ")
+    assert command["type"] == "CommandExec"
+    assert command["command"].startswith("rm -f -- ")
     deleted = {c["path"]: c["size_bytes"] for c in approval["changes"][1:]}
     assert deleted == {
         "/home/sandbox/logs/old.log": len("logs/old.log\n") * 8,
@@ -226,7 +230,8 @@ async def test_creating_a_file_shows_its_diff(
     [change] = approval["changes"]
     assert change["path"] == "/home/sandbox/report.md"
     assert change["size_bytes"] == len("# Report\n")
-    assert "+# Report" in change["diff"] and "--- /dev/null" in change["diff"]
+    assert "+# Report" in change["diff"]
+    assert "--- /dev/null" in change["diff"]
 
 
 async def test_editing_a_file_shows_a_unified_diff(
@@ -237,7 +242,8 @@ async def test_editing_a_file_shows_a_unified_diff(
     )
     assert approval["action_type"] == "FileEdit"
     diff = approval["changes"][0]["diff"]
-    assert "-notes.txt" in diff and "+NOTES.TXT" in diff
+    assert "-notes.txt" in diff
+    assert "+NOTES.TXT" in diff
 
 
 async def test_downloading_an_invoice_is_a_network_call_that_waits(
@@ -452,7 +458,8 @@ async def test_a_key_limited_to_environments_cannot_start_tasks(
                     return
 
         await asyncio.wait_for(read(), 15)
-        assert seen and all(about == env.json()["id"] for _, about in seen), seen
+        assert seen
+        assert all(about == env.json()["id"] for _, about in seen), seen
     finally:
         stream.close()
 
@@ -583,3 +590,36 @@ async def test_metrics_and_audit_record_every_action_and_decision(
     ]
     answered = next(e for e in entries if e.action == "approval.answered")
     assert answered.detail == {"task_id": created["id"], "approved": True, "reason": None}
+
+
+# The operator's policy file.
+
+POLICY = """
+threshold = "high"
+blocked_programs = ["uname"]
+"""
+
+
+async def test_the_daemon_judges_with_the_operators_policy_file(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text(POLICY)
+    settings = make_settings(tmp_path / "home", policy_file=policy)
+    async with running_app(settings) as app:
+        token = await app.login()
+        events = app.services.events.subscribe(["task."])
+        # A file write is medium: below this threshold, so it runs unattended.
+        written = await create(app, token, 'create file a.txt with content "hi"')
+        done = await ended(app, token, events, written["id"])
+        assert [(s["risk"], s["decision"]) for s in done["steps"]] == [("medium", "auto")]
+        # A program the file blocks is refused outright.
+        blocked = await create(app, token, "run uname -a")
+        done = await ended(app, token, events, blocked["id"])
+        assert [(s["decision"], s["outcome"]) for s in done["steps"]] == [("blocked", "refused")]
+        events.close()
+
+
+def test_a_bad_policy_file_stops_the_daemon_with_its_reason(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.toml"
+    policy.write_text('threshold = "sometimes"\n')
+    with pytest.raises(InvalidInput, match="threshold"):
+        Services.build(make_settings(tmp_path / "home", policy_file=policy))
