@@ -25,8 +25,8 @@ from argon2 import PasswordHasher
 
 from stockade.api.app import create_app
 from stockade.errors import NotFound
-from stockade.sandbox.base import ExecResult, FileEntry
 from stockade.events import Event, Subscription
+from stockade.sandbox.base import ExecResult, FileEntry
 from stockade.services import Services
 from stockade.services.passwords import Passwords
 from stockade.settings import Settings
