@@ -10,9 +10,10 @@
     # True, Risk.CRITICAL, ('blocked: rm -rf / deletes the root file system', …)
 
 Modules: ``risk`` (levels, verdicts), ``actions`` (what can be judged), ``classify`` (the
-entry point), ``commands`` (shell commands), ``shell`` (parsing), ``wrappers`` (sudo, sh -c…),
-``blocklist`` (refused outright), ``programs``/``files``/``network``/``packages`` (default
-ratings), ``paths`` (what a path means), ``config`` (policy files).
+entry point), ``commands`` (shell commands), ``shell`` (parsing), ``words`` (``$'…'`` and
+brace expansion), ``wrappers`` (sudo, sh -c…), ``blocklist`` (refused outright),
+``programs``/``files``/``network``/``packages`` (default ratings), ``paths`` (what a path
+means), ``config`` (policy files).
 """
 
 from stockade.policy.actions import (

@@ -3,8 +3,9 @@
 Seed 001's list (``rm -rf /``, ``rm -rf ~``, ``dd`` onto a disk, ``mkfs``, ``nc -e``; fork
 bombs are found in ``shell.py``) and ours: recursive ``chmod``/``chown`` of a system root,
 ``mv`` of one, partitioning or wiping a disk device, powering the machine off, and
-``kill -9 -1``. Downloads piped into a shell are judged in ``commands.py``, which sees
-pipelines. Each rule reads options with ``options.scan``, so ``-rf``, ``-r -f``, ``-Rf`` and
+``kill -9 -1`` or ``killall5``. Downloads piped into a shell, and shells wired to
+``/dev/tcp``, are judged in ``commands.py``, which sees pipelines and redirections. Each rule
+reads options with ``options.scan``, so ``-rf``, ``-r -f``, ``-Rf`` and
 ``--recursive --force`` are one spelling.
 """
 
@@ -182,6 +183,14 @@ def _kill(name: str, args: Sequence[str], roots: frozenset[str]) -> list[Finding
     return []
 
 
+def _killall5(name: str, args: Sequence[str], roots: frozenset[str]) -> list[Finding]:
+    """``killall5`` signals every process outside its own session, like ``kill -9 -1``;
+    ``killall5 -0`` only checks that they exist."""
+    if "-0" in args:
+        return []
+    return [Finding.block("killall5 kills every process on the machine")]
+
+
 _RULES: dict[str, Rule] = {
     "rm": _rm,
     "chmod": _recursive_owner,
@@ -197,4 +206,5 @@ _RULES: dict[str, Rule] = {
     "telinit": _init,
     "systemctl": _systemctl,
     "kill": _kill,
+    "killall5": _killall5,
 }

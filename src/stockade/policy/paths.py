@@ -1,8 +1,9 @@
 """Which paths matter: file-system roots whose loss is fatal, disks, and system files.
 
 Paths are compared after lexical normalisation (``//``, ``/./``, ``/usr/..``, trailing
-slashes, a trailing ``/*``), so ``rm -rf /usr/../`` is ``rm -rf /``. Relative paths are
-relative to the task's workspace and never count as system paths.
+slashes, a trailing ``/*``), so ``rm -rf /usr/../`` is ``rm -rf /`` and ``rm -rf ~/../*``
+is ``rm -rf /home``. Relative paths are relative to the task's workspace and never count as
+system paths.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ _STARTUP_FILES = frozenset(
     {".bashrc", ".bash_profile", ".bash_login", ".profile", ".zshrc", ".zprofile", ".bash_logout"}
 )
 _HOME = re.compile(r"^(?:~[A-Za-z0-9._-]*|\$HOME|\$\{HOME\})(?=/|$)")
+_HOME_STAND_IN = "/home/~"
+# bash's own devices: a redirection to /dev/tcp/HOST/PORT opens a network connection.
+_NETWORK_DEVICE = re.compile(r"^/dev/(?:tcp|udp)/")
 _BLOCK_DEVICE = re.compile(
     r"^/dev/(?:(?:sd|hd|vd|xvd)[a-z]|nvme\d|mmcblk\d|md\d|dm-\d|loop\d|sr\d|nbd\d"
     r"|disk/|mapper/|root$|mem$|kmem$|port$)"
@@ -90,6 +94,12 @@ def normalize(path: str) -> str:
         collapsed = collapsed[:-2]
     if collapsed in ("/*", "/."):
         return "/"
+    if collapsed.startswith("~/"):
+        # Read "~/.." against a stand-in home under /home: it names /home, not the workspace.
+        normal = posixpath.normpath(_HOME_STAND_IN + collapsed[1:])
+        if normal == _HOME_STAND_IN or normal.startswith(_HOME_STAND_IN + "/"):
+            return "~" + normal[len(_HOME_STAND_IN) :]
+        return normal
     normal = posixpath.normpath(collapsed)
     return "/" if normal.startswith("//") else normal
 
@@ -126,6 +136,11 @@ def describe_root(root: str) -> str:
 def is_block_device(path: str) -> bool:
     """Whether ``path`` is a disk, partition or raw-memory device (``/dev/sda``, ``/dev/md0``)."""
     return bool(_BLOCK_DEVICE.match(normalize(path)))
+
+
+def is_network_device(path: str) -> bool:
+    """Whether ``path`` is bash's ``/dev/tcp/HOST/PORT`` or ``/dev/udp/HOST/PORT``."""
+    return bool(_NETWORK_DEVICE.match(normalize(path)))
 
 
 def is_harmless_target(path: str) -> bool:

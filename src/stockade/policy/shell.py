@@ -1,10 +1,11 @@
 """Shell text as the policy sees it: every program a script would start, found by parsing.
 
 ``parse_script`` runs ``bashlex`` over the text and walks the syntax tree, so quoting
-(``r'm'``, ``"rm"``, ``\\rm``), lists (``;``, ``&&``, ``||``, newlines), pipelines,
-subshells, ``{ …; }`` groups, ``if``/``for``/``while`` bodies, ``$( … )`` and backtick
-substitutions, process substitutions and redirections cannot hide a command from the rules.
-Nothing here knows what ``rm`` does; ``commands.py`` judges what this module finds.
+(``r'm'``, ``"rm"``, ``\\rm``, ``$'\\x72m'``), brace expansion (``{rm,-rf,/}``), lists
+(``;``, ``&&``, ``||``, newlines), pipelines, subshells, ``{ …; }`` groups,
+``if``/``for``/``while`` bodies, ``$( … )`` and backtick substitutions, process substitutions
+and redirections cannot hide a command from the rules. Nothing here knows what ``rm`` does;
+``commands.py`` judges what this module finds.
 
 Each program becomes an ``Invocation`` that remembers where its input comes from, because a
 harmless-looking ``sh`` is only as safe as what is piped or substituted into it.
@@ -19,6 +20,8 @@ import bashlex  # type: ignore[import-untyped]
 import bashlex.errors  # type: ignore[import-untyped]
 import bashlex.state  # type: ignore[import-untyped]
 import bashlex.tokenizer  # type: ignore[import-untyped]
+
+from stockade.policy.words import MAX_FIELDS, Field, expand_word
 
 Argv = tuple[str, ...]
 
@@ -88,10 +91,10 @@ def parse_script(text: str) -> Script:
     try:
         if not _tokens(text):
             return Script(())
-        trees = _parse(text)
+        parsed, trees = _parse(text)
     except _PARSE_ERRORS as exc:
         raise ShellSyntaxError(str(exc) or type(exc).__name__) from exc
-    walker = _Walker(text)
+    walker = _Walker(parsed)
     for tree in trees:
         walker.walk(tree, ())
     return Script(tuple(walker.found), tuple(walker.fork_bombs))
@@ -102,21 +105,22 @@ def _tokens(text: str) -> list[Any]:
     return list(bashlex.tokenizer.tokenizer(text, parserstate=state))
 
 
-def _parse(text: str) -> list[Any]:
+def _parse(text: str) -> tuple[str, list[Any]]:
     """``bashlex.parse``, except that the ``time`` keyword is read as the plain word ``time``.
 
     bashlex refuses the keyword outright; quoting it (``\\time``) gives the same program run
-    by the ``time`` wrapper, which the rules unwrap like ``nice`` or ``nohup``.
+    by the ``time`` wrapper, which the rules unwrap like ``nice`` or ``nohup``. Returns the
+    text actually parsed, which the tree's positions index.
     """
     try:
-        return list(bashlex.parse(text))
+        return text, list(bashlex.parse(text))
     except NotImplementedError as exc:
         if "time command" not in str(exc):
             raise
     starts = [t.lexpos for t in _tokens(text) if t.ttype == bashlex.tokenizer.tokentype.TIME]
     for start in reversed(starts):
         text = text[:start] + "\\" + text[start:]
-    return list(bashlex.parse(text))
+    return text, list(bashlex.parse(text))
 
 
 @dataclass
@@ -124,6 +128,8 @@ class _Walker:
     source: str
     found: list[Invocation] = field(default_factory=list)
     fork_bombs: list[str] = field(default_factory=list)
+    # Words that brace expansion may still make in this script, so that it stays cheap.
+    fields_left: int = 4 * MAX_FIELDS
 
     def walk(self, node: Any, upstream: tuple[Argv, ...]) -> None:
         kind = node.kind
@@ -136,7 +142,7 @@ class _Walker:
         elif kind == "compound":
             for child in node.list:
                 self.walk(child, upstream)
-            redirects = [self._redirect(r, upstream, ()) for r in node.redirects]
+            redirects = [d for r in node.redirects for d in self._redirect(r, upstream, ())]
             if redirects:
                 self.found.append(Invocation((), redirects=tuple(redirects), upstream=upstream))
         elif kind in ("list", "if", "for", "while", "until"):
@@ -165,8 +171,8 @@ class _Walker:
             self.fork_bombs.append(name)
 
     def _command(self, node: Any, upstream: tuple[Argv, ...]) -> None:
-        words = [p for p in node.parts if p.kind == "word"]
-        argv = tuple(w.word for w in words)
+        fields = [f for p in node.parts if p.kind == "word" for f in self._fields(p)]
+        argv = tuple(text for text, _ in fields)
         before = len(self.found)
         for part in node.parts:
             if part.kind in ("word", "assignment"):
@@ -175,10 +181,11 @@ class _Walker:
         stdin_text: str | None = None
         for part in node.parts:
             if part.kind == "redirect":
-                redirects.append(self._redirect(part, upstream, argv))
-                stdin_text = _stdin_text(part) if _stdin_text(part) is not None else stdin_text
+                redirects += self._redirect(part, upstream, argv)
+                text = self._stdin_text(part)
+                stdin_text = text if text is not None else stdin_text
         substituted = tuple(inv.argv for inv in self.found[before:] if inv.argv)
-        expanded = tuple(_is_expanded(w) for w in words)
+        expanded = tuple(dynamic for _, dynamic in fields)
         invocation = Invocation(argv, expanded, tuple(redirects), upstream, substituted, stdin_text)
         if argv or redirects:
             self.found.append(invocation)
@@ -195,26 +202,52 @@ class _Walker:
             else:
                 self._word(part, upstream, argv)
 
-    def _redirect(self, node: Any, upstream: tuple[Argv, ...], argv: Argv) -> Redirect:
+    def _redirect(self, node: Any, upstream: tuple[Argv, ...], argv: Argv) -> list[Redirect]:
+        """The redirection ``node``, once per word its target expands to (bash refuses a
+        target of several words, but judging each is the safe reading)."""
         output = node.output
         if getattr(output, "kind", None) != "word":
-            return Redirect(node.type, None)
+            return [Redirect(node.type, None)]
         self._word(output, upstream, argv)
-        return Redirect(node.type, output.word, _is_expanded(output))
+        return [Redirect(node.type, text, dynamic) for text, dynamic in self._fields(output)]
+
+    def _stdin_text(self, node: Any) -> str | None:
+        if node.type == "<<<":
+            return " ".join(text for text, _ in self._fields(node.output))
+        heredoc = getattr(node, "heredoc", None)
+        if heredoc is None:
+            return None
+        body, _, _delimiter = str(heredoc.value).rpartition("\n")
+        return body
+
+    def _fields(self, node: Any) -> list[Field]:
+        """The words ``node`` becomes when the shell expands it, each with whether it holds a
+        run-time expansion. bashlex's own reading serves unless the word has ``$'…'``,
+        ``$"…"`` or braces, which ``words.expand_word`` reads from the source text."""
+        parts = getattr(node, "parts", None) or ()
+        start, end = node.pos
+        source = self.source[start:end]
+        if not any(_is_dollar_quote(p) for p in parts) and "{" not in source:
+            return [(node.word, _is_expanded(node))]
+        spans = [
+            (p.pos[0] - start, p.pos[1] - start)
+            for p in parts
+            if p.kind in _EXPANSIONS and not _is_dollar_quote(p)
+        ]
+        fields = expand_word(source, spans) if self.fields_left > 0 else None
+        if fields is None:
+            return [(node.word, True)]  # too many words, or unreadable: known only at run time
+        self.fields_left -= len(fields)
+        return fields
 
 
-def _stdin_text(node: Any) -> str | None:
-    if node.type == "<<<":
-        return str(node.output.word)
-    heredoc = getattr(node, "heredoc", None)
-    if heredoc is None:
-        return None
-    body, _, _delimiter = str(heredoc.value).rpartition("\n")
-    return body
+def _is_dollar_quote(part: Any) -> bool:
+    """bashlex reads ``$'…'`` and ``$"…"`` as a parameter with no name."""
+    return part.kind == "parameter" and not getattr(part, "value", "")
 
 
 def _is_expanded(node: Any) -> bool:
     return any(
-        part.kind in _EXPANSIONS or _is_expanded(part)
+        (part.kind in _EXPANSIONS and not _is_dollar_quote(part)) or _is_expanded(part)
         for part in getattr(node, "parts", None) or ()
     )
