@@ -70,6 +70,9 @@ SETTINGS = make_settings(
     rate_limit_exec=UNLIMITED,
     rate_limit_other=UNLIMITED,
     rate_limit_token=UNLIMITED,
+    # Fuzzed commands really run in sandboxes; none may hold the run for long.
+    plan_step_timeout=2,
+    task_timeout=5,
 )
 APP = create_app(SETTINGS, services=Services.build(SETTINGS, passwords=fast_passwords()))
 
