@@ -48,4 +48,10 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
     assert "\nhello\n" in out
     assert '"message":"main process up"' in out
     assert '"type": "namespace"' in out
-    assert out.rstrip().endswith("204\nterminated")
+    assert "204\nterminated\n" in out
+    assert '"action_type": "FileCreate"' in out
+    assert '"risk_level": "medium"' in out
+    assert "+hello from the agent" in out
+    assert "\napproved\n" in out
+    assert '"status": "completed"' in out
+    assert '"decision": "approved"' in out
