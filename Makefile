@@ -41,6 +41,7 @@ test: lint typecheck
 bench: install
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/sandbox.py
+	$(BIN)/python bench/approvals.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -334,7 +334,7 @@ class TaskService:
         )
         if not approved:
             await self._refused_step(decided, "denied")
-        await self._try_resume(decided.task_id)
+        await self._try_resume(decided.task_id, decided)
         drive = self._drives.get(decided.task_id)
         if drive is not None and self._settings.approval_answer_wait > 0:
             # A script that reads the task right after answering sees where the answer led
@@ -347,12 +347,19 @@ class TaskService:
 
     # The run.
 
-    def _drive(self, task: Task, answers: Mapping[str, Decision] | None) -> None:
-        drive = asyncio.get_running_loop().create_task(self._run(task, answers))
+    def _drive(
+        self,
+        task: Task,
+        answers: Mapping[str, Decision] | None,
+        bound: Mapping[str, str] | None = None,
+    ) -> None:
+        drive = asyncio.get_running_loop().create_task(self._run(task, answers, bound or {}))
         self._drives[task.id] = drive
         drive.add_done_callback(lambda _: self._drives.pop(task.id, None))
 
-    async def _run(self, task: Task, answers: Mapping[str, Decision] | None) -> None:
+    async def _run(
+        self, task: Task, answers: Mapping[str, Decision] | None, bound: Mapping[str, str]
+    ) -> None:
         began = time.monotonic()
         remaining = task.timeout_seconds - task.active_seconds
         steps = _Steps(self, task)
@@ -368,7 +375,7 @@ class TaskService:
                     policy=self.policy,
                     require_approval=task.require_approval,
                     record=steps.record,
-                    approved={},
+                    approved=bound,
                     on_run=self.on_action,
                 )
                 if answers is None:
@@ -376,7 +383,6 @@ class TaskService:
                         prompt_for(task.description, task.metadata), deps
                     )
                 else:
-                    deps.approved = await self._bound_hashes(task)
                     segment = await self._runner.resume(task.history or [], answers, deps)
         except TimeoutError:
             active = task.active_seconds + (time.monotonic() - began)
@@ -460,33 +466,29 @@ class TaskService:
                 },
             )
 
-    async def _try_resume(self, task_id: str) -> None:
+    async def _try_resume(self, task_id: str, known: Approval | None = None) -> None:
         """Resume a waiting task if every one of its approvals is answered (and nobody
-        else resumed it first)."""
+        else resumed it first). ``known``: an approval already read (the one just
+        answered), not read again."""
         if not await self._store.tasks.claim_resume(task_id):
             return
         task = await self._load(task_id)
-        calls = (task.deferred or {}).get("calls", [])
         answers: dict[str, Decision] = {}
-        for call in calls:
-            record = await self._store.approvals.get(call["approval_id"])
-            if record is None or record.status == "approved":
-                answers[call["tool_call_id"]] = Decision(record is not None)
-            else:
-                answers[call["tool_call_id"]] = Decision(
-                    False, record.reason, expired=record.status == "expired"
-                )
-        self._publish_task("task.running", task)
-        self._drive(task, answers)
-
-    async def _bound_hashes(self, task: Task) -> dict[str, str]:
-        """The hash each approved call was shown with, by tool call id."""
         bound: dict[str, str] = {}
         for call in (task.deferred or {}).get("calls", []):
-            record = await self._store.approvals.get(call["approval_id"])
+            approval_id, call_id = call["approval_id"], call["tool_call_id"]
+            record = known if known is not None and known.id == approval_id else None
+            record = record or await self._store.approvals.get(approval_id)
             if record is not None and record.status == "approved":
-                bound[call["tool_call_id"]] = record.action_hash
-        return bound
+                answers[call_id] = Decision(True)
+                # What the person was shown; the tool checks the call against it.
+                bound[call_id] = record.action_hash
+            else:
+                status = record.status if record else "expired"
+                reason = record.reason if record else None
+                answers[call_id] = Decision(False, reason, expired=status == "expired")
+        self._publish_task("task.running", task)
+        self._drive(task, answers, bound)
 
     async def _sweep(self) -> None:
         """Expire approvals whose time has passed; their tasks resume with a denial."""
@@ -502,7 +504,7 @@ class TaskService:
             self._decided(record, "expired")
             await self._audit(None, "approval.expired", record.id, {"task_id": record.task_id})
             await self._refused_step(record, "expired")
-            await self._try_resume(record.task_id)
+            await self._try_resume(record.task_id, record)
 
     # Endings.
 
