@@ -195,3 +195,49 @@ async def test_an_answer_to_nothing_is_missing(store: Store) -> None:
     )
     assert answer.refused == "missing"
     assert answer.approval is None
+
+
+async def test_pausing_stores_the_approvals_and_the_wait_together(
+    store: Store, alice: User
+) -> None:
+    made = await store.tasks.create(task(alice, "pause"))
+    first, second = approval(made, "p1"), approval(made, "p2")
+    assert await store.tasks.pause(made.id, [first, second], history=[{"n": 1}], deferred={"d": 1})
+    paused = await store.tasks.get(made.id)
+    assert paused is not None
+    assert (paused.status, paused.pending_approval_id) == ("waiting", first.id)
+    assert paused.history == [{"n": 1}]
+    assert [a.id for a in await store.approvals.for_task(made.id)] == [first.id, second.id]
+    # A task no longer running (cancelled meanwhile) stores nothing.
+    gone = await store.tasks.create(task(alice, "gone", status="cancelled"))
+    assert not await store.tasks.pause(gone.id, [approval(gone, "g1")], history=[])
+    assert await store.approvals.for_task(gone.id) == []
+
+
+async def test_a_waiting_task_is_resumed_once_and_only_when_every_approval_is_answered(
+    store: Store, alice: User
+) -> None:
+    made = await store.tasks.create(task(alice, "claim"))
+    first, second = approval(made, "c1"), approval(made, "c2")
+    await store.tasks.pause(made.id, [first, second], history=[])
+    at = T0 + timedelta(seconds=1)
+    await store.approvals.answer(first.id, approved=True, reason=None, by=alice.id, at=at)
+    assert not await store.tasks.claim_resume(made.id)  # the second is still pending
+    await store.approvals.answer(second.id, approved=False, reason="no", by=alice.id, at=at)
+    claims = await asyncio.gather(*(store.tasks.claim_resume(made.id) for _ in range(20)))
+    assert sorted(claims) == [False] * 19 + [True]
+    resumed = await store.tasks.get(made.id)
+    assert resumed is not None
+    assert (resumed.status, resumed.pending_approval_id) == ("running", None)
+
+
+async def test_cancelling_withdraws_only_pending_approvals(store: Store, alice: User) -> None:
+    made = await store.tasks.create(task(alice, "cancel"))
+    first, second = approval(made, "w1"), approval(made, "w2")
+    await store.tasks.pause(made.id, [first, second], history=[])
+    at = T0 + timedelta(seconds=1)
+    await store.approvals.answer(first.id, approved=True, reason=None, by=alice.id, at=at)
+    assert await store.approvals.cancel_pending(made.id, at) == [second.id]
+    statuses = {a.id: a.status for a in await store.approvals.for_task(made.id)}
+    assert statuses == {first.id: "approved", second.id: "cancelled"}
+    assert await store.tasks.counts() == {"waiting": 1}
