@@ -84,11 +84,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
@@ -100,6 +98,8 @@ from sandbox import (
     RUN_DIR,
     Daemon,
     Distribution,
+    _ignoring_signals,
+    _terminate,
     leftovers,
     login,
     note,
@@ -732,21 +732,6 @@ def print_table(result: Result, args: argparse.Namespace, load: tuple[float, flo
 
 
 # -- main --------------------------------------------------------------------------------------
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def _ignoring_signals() -> Iterator[None]:
-    """Let the clean-up finish even if Ctrl-C is pressed again."""
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def run(args: argparse.Namespace) -> tuple[int, Result | None, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,18 @@ def fenced_block(text: str, heading: str, language: str = "bash") -> str:
     match = re.search(rf"```{language}\n(.*?)\n```", text[start:], re.DOTALL)
     assert match, f"no {language} block after {heading!r}"
     return match.group(1)
+
+
+def run_script(script: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run a seed's shell script with bash, as its reader would: without this test run's
+    ``STOCKADE_*`` variables. Its exit status must be 0."""
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result

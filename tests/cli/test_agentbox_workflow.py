@@ -5,16 +5,14 @@ issue allows: the server address and token, the image name (``host``), and the
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import httpx
 
 from stockade.sandbox.cgroups import CgroupLayout
 from stockade.testing import ADMIN_PASSWORD, daemon_process, sse_sandbox_event
-from tests.seeds import fenced_block, seed_text
+from tests.seeds import fenced_block, run_script, seed_text
 
 PIP_STEP = re.compile(r'echo "Installing dependencies\.\.\."\ncurl .*?\| jq\n', re.DOTALL)
 
@@ -62,14 +60,7 @@ def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
             headers=headers,
             timeout=30,
         ) as events:
-            result = subprocess.run(
-                ["bash", "-c", workflow(daemon.url, token)],
-                env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
-                capture_output=True,
-                text=True,
-                timeout=120,
-                check=False,
-            )
+            result = run_script(workflow(daemon.url, token))
             created = re.search(r"Created environment: (env-[0-9a-f]+)", result.stdout)
             assert created, result.stdout + result.stderr
             # The DELETE answered at once; the host is cleaned, then this is published.

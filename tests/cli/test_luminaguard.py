@@ -11,10 +11,8 @@ task's own sandbox: the planner's last step lists the old logs that are left.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 import httpx
 
 from stockade.testing import ADMIN_PASSWORD, Daemon, daemon_process, old_files
-from tests.seeds import fenced_block, seed_text
+from tests.seeds import fenced_block, run_script, seed_text
 
 LOGS = {"logs/app.log": 0, "logs/old.log": 30, "logs/older.log.1": 90}
 OLD = ["./logs/old.log", "./logs/older.log.1"]
@@ -77,19 +75,6 @@ def wait_for(
         if event["type"] in kinds and data.get("task_id", data.get("id")) == task_id:
             return event
     raise AssertionError(f"the stream ended before {kinds} of {task_id}")
-
-
-def run_script(script: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        ["bash", "-c", script],
-        env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result
 
 
 def get(daemon: Daemon, token: str, path: str) -> Any:

@@ -5,16 +5,14 @@ server address, and an added ``Authorization`` header (Stockade needs credential
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from stockade.testing import ADMIN_PASSWORD, daemon_process, sse_sandbox_event
-from tests.seeds import fenced_block, seed_text
+from tests.seeds import fenced_block, run_script, seed_text
 
 SEED_URL = "http://localhost:8000"
 CONTENT_TYPE = '-H "Content-Type: application/json"'
@@ -36,15 +34,7 @@ def example(heading: str, server: str, token: str) -> str:
 
 
 def curl(script: str) -> dict[str, Any]:
-    result = subprocess.run(
-        ["bash", "-c", script],
-        env={k: v for k, v in os.environ.items() if not k.startswith("STOCKADE_")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_script(script)
     body: dict[str, Any] = json.loads(result.stdout)
     return body
 
