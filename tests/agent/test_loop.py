@@ -289,7 +289,7 @@ def test_an_openai_compatible_server_is_reached_through_its_base_url(tmp_path: P
     )
     model = build_model(settings)
     assert model.model_name == "llama3.1"
-    assert describe(settings) == "enabled (llama3.1)"
+    assert describe(settings) == "enabled"
 
 
 def test_an_unknown_model_name_is_a_clear_error(tmp_path: Path) -> None:
@@ -307,7 +307,8 @@ async def test_a_task_on_a_configured_model_never_reaches_it_in_tests(tmp_path: 
     async with running_app(settings) as app:
         token = await app.login()
         health = (await app.client.get("/health")).json()
-        assert health["services"]["llm"] == "enabled (gpt-test)"
+        assert health["services"]["llm"] == "enabled"
+        assert health["services"]["llm_model"] == "gpt-test"
         events = app.services.events.subscribe(["task."])
         created = await app.client.post(
             "/api/v1/tasks", json={"description": "list files"}, headers=bearer(token)

@@ -41,6 +41,6 @@ def build_model(settings: Settings) -> Model:
 
 
 def describe(settings: Settings) -> str:
-    """What ``/health`` says of the model: Luna's ``llm`` field."""
-    name = (settings.llm_model or "").strip()
-    return f"enabled ({name})" if name else FALLBACK
+    """What ``/health`` says of the model: Luna's ``llm`` field, ``enabled`` or
+    ``disabled (using fallback parser)`` exactly as Luna's clients read it."""
+    return "enabled" if (settings.llm_model or "").strip() else FALLBACK

@@ -80,7 +80,9 @@ class Services:
         )
         sandboxes = SandboxService(settings, store, backend, events, metrics)
         policy = load_policy(settings.policy_file) if settings.policy_file else DEFAULT_POLICY
-        health = HealthService(store, llm=describe(settings))
+        health = HealthService(
+            store, llm=describe(settings), llm_model=(settings.llm_model or "").strip()
+        )
         health.backend = sandboxes.backend_status
         health.active_sandboxes = sandboxes.active_count
         return cls(

@@ -40,10 +40,13 @@ def _gibibytes(n: int) -> str:
 
 
 class HealthService:
-    def __init__(self, store: Store, *, llm: str = "disabled (using fallback parser)") -> None:
+    def __init__(
+        self, store: Store, *, llm: str = "disabled (using fallback parser)", llm_model: str = ""
+    ) -> None:
         self._store = store
         self._started = time.monotonic()
         self._llm = llm
+        self._llm_model = llm_model
         self.backend: Callable[[], str] = lambda: "none"
         self.active_sandboxes: ActiveCount | None = None
         self._probed_at = -PROBE_SECONDS
@@ -72,6 +75,7 @@ class HealthService:
                 "os": platform.system(),
                 "python": platform.python_version(),
                 "llm": self._llm,
+                "llm_model": self._llm_model or "rules",
             },
             capacity={
                 "total_nodes": 1,

@@ -37,7 +37,7 @@ class HealthOut(BaseModel):
     uptime_seconds: float
     active_vms: int
     services: dict[str, str] = Field(
-        description="api, database, store, backend, os, python and llm"
+        description="api, database, store, backend, os, python, llm and llm_model"
     )
     capacity: Capacity
 
