@@ -79,6 +79,21 @@ class Metrics:
             buckets=(0.05, 0.1, 0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
             registry=self.registry,
         )
+        self.job_runs = Counter(
+            "stockade_job_runs",
+            "Job runs that ended, by status: completed, failed or interrupted.",
+            ["status"],
+            registry=self.registry,
+        )
+        self.jobs_active = Gauge(
+            "stockade_jobs_active", "Job runs under way on this daemon.", registry=self.registry
+        )
+        self.job_start_delay = Histogram(
+            "stockade_job_start_delay_seconds",
+            "From a job occurrence being due to its code starting in its sandbox.",
+            buckets=(0.01, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=self.registry,
+        )
         self._request_counters: dict[tuple[str, str, int], Counter] = {}
         self._latency_children: dict[tuple[str, str], Histogram] = {}
         info = Gauge(

@@ -8,6 +8,7 @@ keeps a settings global: ``create_app(settings)`` receives it and hands it to wh
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -122,6 +123,27 @@ class Settings(BaseSettings):
     task_template: Path | None = Field(
         None, description="A directory copied into every new task's home directory."
     )
+    jobs_concurrency: int = Field(4, ge=1, le=256, description="Most job runs at once.")
+    jobs_timeout: int = Field(300, ge=1, description="Default timeout of one job run, seconds.")
+    jobs_idle_cpu: float = Field(
+        20.0, ge=0, le=100, description="HIGH jobs run while CPU is below this percentage."
+    )
+    jobs_low_activity_cpu: float = Field(
+        50.0, ge=0, le=100, description="MEDIUM jobs run while CPU is below this percentage."
+    )
+    jobs_sleep_hours: str = Field(
+        "00:00-06:00", description="Local hours when LOW jobs run, e.g. 00:00-06:00."
+    )
+    jobs_load_window: float = Field(
+        60.0, ge=1, description="Seconds of CPU samples averaged for the priority windows."
+    )
+    jobs_autostart: bool = Field(True, description="Start the job scheduler with the daemon.")
+    jobs_tick: float = Field(
+        1.0, gt=0, le=60, description="Most seconds between scheduler passes while jobs wait."
+    )
+    jobs_stop_grace: float = Field(
+        10.0, ge=0, description="Seconds a clean stop lets job runs finish before ending them."
+    )
     plan_step_timeout: int = Field(
         300, ge=1, description="Seconds one step of a Luna plan may run before it is killed."
     )
@@ -147,6 +169,19 @@ class Settings(BaseSettings):
             parse_many(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a rate limit such as '10/minute'") from exc
+        return value
+
+    @field_validator("jobs_sleep_hours")
+    @classmethod
+    def _parse_sleep_hours(cls, value: str) -> str:
+        found = re.fullmatch(r"\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*", value)
+        if (
+            not found
+            or int(found[1]) > 23
+            or int(found[3]) > 24
+            or max(int(found[2]), int(found[4])) > 59
+        ):
+            raise ValueError(f"{value!r} is not a range of local hours such as 00:00-06:00")
         return value
 
     @field_validator("sandbox_cpu")

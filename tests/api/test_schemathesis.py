@@ -73,6 +73,8 @@ SETTINGS = make_settings(
     # Fuzzed commands really run in sandboxes; none may hold the run for long.
     plan_step_timeout=2,
     task_timeout=5,
+    jobs_timeout=5,
+    jobs_stop_grace=1,
 )
 APP = create_app(SETTINGS, services=Services.build(SETTINGS, passwords=fast_passwords()))
 

@@ -17,7 +17,17 @@ from stockade.api import errors
 from stockade.api.deps import identify, is_public, require_principal
 from stockade.api.middleware import Cors, RequestContext
 from stockade.api.ratelimit import RateLimiter
-from stockade.api.routes import api_keys, auth, environments, events, health, plans, tasks, vms
+from stockade.api.routes import (
+    api_keys,
+    auth,
+    daemon,
+    environments,
+    events,
+    health,
+    plans,
+    tasks,
+    vms,
+)
 from stockade.api.routing import StockadeRoute
 from stockade.services import Services
 from stockade.settings import Settings
@@ -88,7 +98,7 @@ def create_app(settings: Settings | None = None, *, services: Services | None = 
     app.state.limiter = limiter = RateLimiter(settings)
 
     errors.install(app)
-    for module in (health, auth, api_keys, events, environments, vms, tasks, plans):
+    for module in (health, auth, api_keys, events, environments, vms, tasks, plans, daemon):
         _add_routes(app, module.router)
     _add_documentation(app)
 

@@ -21,6 +21,7 @@ from stockade.sandbox.base import SandboxBackend
 from stockade.sandbox.namespace import NamespaceBackend, instance_name
 from stockade.services.auth import AuthService
 from stockade.services.health import HealthService
+from stockade.services.jobs import Clock, JobService, Load
 from stockade.services.passwords import Passwords
 from stockade.services.plans import PlanService
 from stockade.services.sandboxes import SandboxService
@@ -47,6 +48,7 @@ class Services:
     streams: StreamService
     sandboxes: SandboxService
     tasks: TaskService
+    jobs: JobService
     plans: PlanService
 
     @classmethod
@@ -57,6 +59,8 @@ class Services:
         passwords: Passwords | None = None,
         backend: SandboxBackend | None = None,
         model: Model | None = None,
+        clock: Clock | None = None,
+        load: Load | None = None,
     ) -> Services:
         """Wire every service from ``settings``. Opens nothing yet: see ``start``.
         ``model`` replaces the one the settings name (tests give a scripted one)."""
@@ -85,6 +89,15 @@ class Services:
         )
         health.backend = sandboxes.backend_status
         health.active_sandboxes = sandboxes.active_count
+        tasks = TaskService(
+            settings,
+            store,
+            sandboxes,
+            events,
+            metrics,
+            AgentRunner(model or build_model(settings)),
+            policy,
+        )
         return cls(
             settings=settings,
             store=store,
@@ -95,14 +108,17 @@ class Services:
             health=health,
             streams=StreamService(events, metrics),
             sandboxes=sandboxes,
-            tasks=TaskService(
+            tasks=tasks,
+            jobs=JobService(
                 settings,
                 store,
                 sandboxes,
+                tasks,
                 events,
                 metrics,
-                AgentRunner(model or build_model(settings)),
-                policy,
+                instance=instance_name(home),
+                clock=clock,
+                load=load,
             ),
             plans=PlanService(settings, store, sandboxes, policy),
         )
@@ -125,10 +141,12 @@ class Services:
             logger.info("created the user 'admin' with the password from STOCKADE_ADMIN_PASSWORD")
         await self.sandboxes.start()
         await self.tasks.start()
+        await self.jobs.start()
         return result
 
     async def stop(self) -> None:
         try:
+            await self.jobs.stop()
             await self.tasks.stop()
             await self.sandboxes.stop()
         finally:

@@ -60,3 +60,8 @@ class Principal:
             return True
         granted = self.permissions.get(sandbox_id)
         return granted is not None and granted.rank >= needed.rank
+
+
+def acting_for(user_id: str) -> Principal:
+    """The principal a task or a job acts as: its owner, on its own sandboxes."""
+    return Principal(user_id=user_id, username="owner", role=Role.USER, method="internal")

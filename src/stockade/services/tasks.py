@@ -45,7 +45,7 @@ from stockade.events import EventBus
 from stockade.metrics import Metrics
 from stockade.policy import Policy
 from stockade.sandbox.base import ExecResult, FileEntry, IsADirectory, SandboxError
-from stockade.services.principal import Principal, Role
+from stockade.services.principal import Principal, acting_for
 from stockade.services.sandboxes import EnvironmentRequest, SandboxService
 from stockade.settings import Settings
 from stockade.store import Store
@@ -815,7 +815,7 @@ def _tool_of(approval: Approval) -> str:
 
 def _acting_for(task: Task) -> Principal:
     """The task acts for its owner on its own sandbox."""
-    return Principal(user_id=task.owner_id, username="task", role=Role.USER, method="task")
+    return acting_for(task.owner_id)
 
 
 def _sandbox_owned(info: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -7,6 +7,7 @@ from stockade.store.api_keys import ApiKeyStore
 from stockade.store.approvals import ApprovalStore
 from stockade.store.audit import AuditStore
 from stockade.store.database import Database
+from stockade.store.jobs import JobStore
 from stockade.store.sandboxes import SandboxStore
 from stockade.store.tasks import TaskStore
 from stockade.store.users import UserStore
@@ -23,6 +24,7 @@ class Store:
         self.sandboxes = SandboxStore(db)
         self.tasks = TaskStore(db)
         self.approvals = ApprovalStore(db)
+        self.jobs = JobStore(db)
 
     @classmethod
     def from_url(cls, url: str) -> Store:

@@ -110,3 +110,43 @@ class Approval:
     expires_at: datetime
     responded_at: datetime | None
     responded_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    owner_id: str
+    task_id: str
+    name: str
+    description: str
+    priority: int
+    kind: str
+    body: str
+    repeat_seconds: float | None
+    cron: str | None
+    idempotent: bool
+    timeout_seconds: int
+    execution_count: int
+    success_count: int
+    failure_count: int
+    last_execution: datetime | None
+    last_result: dict[str, Any] | None
+    next_run_at: datetime | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    id: str
+    job_id: str
+    scheduled_for: datetime
+    trigger: str
+    status: str
+    instance: str
+    claimed_at: datetime
+    started_at: datetime | None
+    code_started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+    logs: str | None

@@ -195,3 +195,58 @@ approvals = sa.Table(
     sa.Index("ix_approvals_owner_id_status", "owner_id", "status"),
     sa.Index("ix_approvals_task_id", "task_id"),
 )
+
+# A recurring (or one-off) unit of work: Python code, a command, or a task description.
+# `next_run_at` is the claim: a daemon runs an occurrence only after moving it forward
+# with a conditional UPDATE, so of several daemons exactly one runs each occurrence.
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "owner_id", sa.String(64), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("task_id", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("description", sa.Text(), nullable=False),
+    sa.Column("priority", sa.Integer(), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("body", sa.Text(), nullable=False),
+    sa.Column("repeat_seconds", sa.Float(), nullable=True),
+    sa.Column("cron", sa.String(256), nullable=True),
+    sa.Column("idempotent", sa.Boolean(), nullable=False),
+    sa.Column("timeout_seconds", sa.Integer(), nullable=False),
+    sa.Column("execution_count", sa.Integer(), nullable=False),
+    sa.Column("success_count", sa.Integer(), nullable=False),
+    sa.Column("failure_count", sa.Integer(), nullable=False),
+    sa.Column("last_execution", UTCDateTime(), nullable=True),
+    sa.Column("last_result", sa.JSON(), nullable=True),
+    sa.Column("next_run_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("owner_id", "task_id", name="uq_jobs_owner_id_task_id"),
+    sa.Index("ix_jobs_next_run_at", "next_run_at"),
+)
+
+# Each occurrence a daemon claimed, and how it went. (job_id, scheduled_for) is unique:
+# an occurrence has at most one run.
+job_runs = sa.Table(
+    "job_runs",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "job_id", sa.String(64), sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("scheduled_for", UTCDateTime(), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("instance", sa.String(64), nullable=False),
+    sa.Column("claimed_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("code_started_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("result", sa.JSON(), nullable=True),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("logs", sa.Text(), nullable=True),
+    sa.UniqueConstraint("job_id", "scheduled_for", name="uq_job_runs_job_id_scheduled_for"),
+    sa.Index("ix_job_runs_status_instance", "status", "instance"),
+)

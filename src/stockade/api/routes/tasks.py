@@ -191,7 +191,7 @@ async def list_tasks(
     request: Request,
     status: str | None = Query(None, description="pending, running, completed, failed, cancelled"),
     limit: int = Query(20, ge=1, le=100),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=10_000_000),
 ) -> TaskList:
     found, total = await services_of(request).tasks.page(
         principal_of(request), status=status, limit=limit, offset=offset
