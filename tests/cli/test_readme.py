@@ -55,3 +55,7 @@ def test_readme_walkthrough(tmp_path: Path) -> None:
     assert "\napproved\n" in out
     assert '"status": "completed"' in out
     assert '"decision": "approved"' in out
+    assert "\ntask_added\n" in out
+    assert '"answer": 42' in out
+    assert '"logs": "hi from a sandbox\\n"' in out
+    assert '"tasks_registered": 1' in out
