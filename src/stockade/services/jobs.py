@@ -161,7 +161,11 @@ class HostLoad:
 
     def cpu_percent(self) -> float:
         if not self._samples:
-            return float(psutil.cpu_percent(interval=None))
+            # No sample yet (the first second): the one-minute load average per core is
+            # steadier than psutil's reading since its previous call, which may be a
+            # few milliseconds of a burst.
+            per_core = psutil.getloadavg()[0] / (psutil.cpu_count() or 1)
+            return min(100.0, per_core * 100)
         return sum(self._samples) / len(self._samples)
 
     def memory_percent(self) -> float:
@@ -317,6 +321,8 @@ class JobService:
 
     async def _loop(self) -> None:
         while True:
+            # Cleared before the pass, so a job added during it wakes the next one.
+            self._wake.clear()
             try:
                 waiting = await self.tick()
                 self._error = None
@@ -329,7 +335,6 @@ class JobService:
                 due = await self._store.jobs.next_due()
                 if due is not None:
                     delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
 
