@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,52 @@ def make_settings(home: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(**values)
+
+
+class ManualClock:
+    """A ``Clock`` for the job scheduler that moves only when a test moves it.
+
+    ``now()`` is an aware UTC datetime (``set`` or ``advance`` it); ``local`` converts to
+    the fixed zone given here (UTC by default), never the host's, so sleep hours and cron
+    times do not depend on the machine the tests run on."""
+
+    def __init__(self, at: datetime, *, tz: tzinfo = UTC) -> None:
+        self.tz = tz
+        self._now = _aware_utc(at)
+
+    def now(self) -> datetime:
+        return self._now
+
+    def local(self, at: datetime) -> datetime:
+        return at.astimezone(self.tz)
+
+    def set(self, at: datetime) -> None:
+        self._now = _aware_utc(at)
+
+    def advance(self, seconds: float) -> datetime:
+        """Move on by ``seconds``; returns the new now."""
+        self._now += timedelta(seconds=seconds)
+        return self._now
+
+
+class FixedLoad:
+    """A ``Load`` for the job scheduler whose CPU and memory use a test sets."""
+
+    def __init__(self, cpu: float = 0.0, memory: float = 0.0) -> None:
+        self.cpu = cpu
+        self.memory = memory
+
+    def cpu_percent(self) -> float:
+        return self.cpu
+
+    def memory_percent(self) -> float:
+        return self.memory
+
+
+def _aware_utc(at: datetime) -> datetime:
+    if at.tzinfo is None:
+        raise ValueError("ManualClock needs a timezone-aware datetime")
+    return at.astimezone(UTC)
 
 
 def basic_auth(username: str, password: str) -> dict[str, str]:

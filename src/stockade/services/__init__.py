@@ -82,7 +82,9 @@ class Services:
             default_pids=settings.sandbox_pids,
             pool_size=settings.sandbox_pool,
         )
-        sandboxes = SandboxService(settings, store, backend, events, metrics)
+        sandboxes = SandboxService(
+            settings, store, backend, events, metrics, instance=instance_name(home)
+        )
         policy = load_policy(settings.policy_file) if settings.policy_file else DEFAULT_POLICY
         health = HealthService(
             store, llm=describe(settings), llm_model=(settings.llm_model or "").strip()

@@ -255,6 +255,7 @@ class JobService:
         self._phase = "initializing"
         self._error: str | None = None
         self._scheduler: asyncio.Task[None] | None = None
+        self._halting = False
         self._wake = asyncio.Event()
         self._runs: dict[str, asyncio.Task[None]] = {}
 
@@ -313,14 +314,23 @@ class JobService:
         return True
 
     async def _halt(self) -> None:
+        """End the loop after its current pass (never in the middle of a claim, which
+        could commit a run that is then never started)."""
         if self._scheduler is not None:
-            self._scheduler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scheduler
-            self._scheduler = None
+            self._halting = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._scheduler), timeout=30)
+            except TimeoutError:
+                self._scheduler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._scheduler
+            finally:
+                self._halting = False
+                self._scheduler = None
 
     async def _loop(self) -> None:
-        while True:
+        while not self._halted():
             # Cleared before the pass, so a job added during it wakes the next one.
             self._wake.clear()
             try:
@@ -335,8 +345,13 @@ class JobService:
                 due = await self._store.jobs.next_due()
                 if due is not None:
                     delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
+            if self._halted():
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=delay)
+
+    def _halted(self) -> bool:
+        return self._halting
 
     def wake(self) -> None:
         """Look for due work now (a job was added, a run ended)."""

@@ -157,8 +157,11 @@ class SandboxService:
         backend: SandboxBackend,
         events: EventBus,
         metrics: Metrics,
+        *,
+        instance: str | None = None,
     ) -> None:
         self._settings = settings
+        self._instance = instance
         self._store = store
         self._backend = backend
         self._events = events
@@ -198,7 +201,7 @@ class SandboxService:
                 self._available = str(exc)
         if self._available is not None:
             logger.warning("sandboxes are unavailable: %s", self._available)
-        leftover = await self._store.sandboxes.live()
+        leftover = await self._store.sandboxes.live(instance=self._instance)
         if self._available is None:
             recovery = await self._backend.recover([r.id for r in leftover])
             if recovery.cleaned:
@@ -404,6 +407,7 @@ class SandboxService:
             expires_at=now + timedelta(seconds=timeout),
             spawn_time_ms=None,
             labels=dict(request.labels),
+            instance=self._instance,
         )
         self._creating += 1
         try:

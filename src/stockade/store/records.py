@@ -58,6 +58,7 @@ class Sandbox:
     expires_at: datetime
     spawn_time_ms: float | None
     labels: dict[str, str]
+    instance: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,11 +112,18 @@ class SandboxStore:
         records = [Sandbox(**row._mapping, labels=labels.get(row.id, {})) for row in rows]
         return records, int(total)
 
-    async def live(self, backend: str | None = None) -> list[Sandbox]:
-        """Every sandbox that is pending, running or terminating."""
+    async def live(
+        self, backend: str | None = None, *, instance: str | None = None
+    ) -> list[Sandbox]:
+        """Every sandbox that is pending, running or terminating (with ``instance``: of
+        that daemon, or of no recorded one)."""
         query = sandboxes.select().where(sandboxes.c.status.in_(LIVE))
         if backend is not None:
             query = query.where(sandboxes.c.backend == backend)
+        if instance is not None:
+            query = query.where(
+                sa.or_(sandboxes.c.instance == instance, sandboxes.c.instance.is_(None))
+            )
         async with self._db.connect() as conn:
             rows = list(await conn.execute(query))
         return [Sandbox(**row._mapping, labels={}) for row in rows]

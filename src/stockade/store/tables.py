@@ -101,6 +101,9 @@ sandboxes = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
     sa.Column("spawn_time_ms", sa.Float(), nullable=True),
+    # The daemon that runs it (derived from its STOCKADE_HOME): on restart a daemon
+    # settles only its own sandboxes, not those of another sharing the database.
+    sa.Column("instance", sa.String(64), nullable=True),
     sa.Index("ix_sandboxes_owner_id_created_at", "owner_id", "created_at"),
     sa.Index("ix_sandboxes_status", "status"),
 )
@@ -247,6 +250,8 @@ job_runs = sa.Table(
     sa.Column("result", sa.JSON(), nullable=True),
     sa.Column("error", sa.Text(), nullable=True),
     sa.Column("logs", sa.Text(), nullable=True),
-    sa.UniqueConstraint("job_id", "scheduled_for", name="uq_job_runs_job_id_scheduled_for"),
+    sa.UniqueConstraint(
+        "job_id", "scheduled_for", "trigger", name="uq_job_runs_job_id_scheduled_for"
+    ),
     sa.Index("ix_job_runs_status_instance", "status", "instance"),
 )

@@ -1,4 +1,4 @@
-"""Jobs (OmniMind's recurring tasks) and their runs.
+"""Jobs (OmniMind's recurring tasks) and their runs; the daemon instance of a sandbox.
 
 Revision ID: 0005
 Revises: 0004
@@ -66,12 +66,18 @@ def upgrade() -> None:
             ["job_id"], ["jobs.id"], name="fk_job_runs_job_id_jobs", ondelete="CASCADE"
         ),
         sa.PrimaryKeyConstraint("id", name="pk_job_runs"),
-        sa.UniqueConstraint("job_id", "scheduled_for", name="uq_job_runs_job_id_scheduled_for"),
+        sa.UniqueConstraint(
+            "job_id", "scheduled_for", "trigger", name="uq_job_runs_job_id_scheduled_for"
+        ),
     )
     op.create_index("ix_job_runs_status_instance", "job_runs", ["status", "instance"])
+    with op.batch_alter_table("sandboxes") as batch:
+        batch.add_column(sa.Column("instance", sa.String(64), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sandboxes") as batch:
+        batch.drop_column("instance")
     op.drop_index("ix_job_runs_status_instance", table_name="job_runs")
     op.drop_table("job_runs")
     op.drop_index("ix_jobs_next_run_at", table_name="jobs")
