@@ -139,3 +139,31 @@ async def test_a_delete_answers_while_the_host_is_cleaned(
         assert after.json()["status"] == "terminated"
         assert after.json()["status_reason"] == "Deleted."
     assert await stockade.services.sandboxes.active_count() == 0
+
+
+async def test_a_daemon_starting_on_a_shared_store_leaves_other_daemons_sandboxes_alone(
+    tmp_path: Path,
+) -> None:
+    """Two daemons (two homes, so two instances) on one database: the second's start
+    settles only sandboxes of its own instance."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    first = make_settings(tmp_path / "one", database_url=url)
+    second = make_settings(tmp_path / "two", database_url=url, run_dir=tmp_path / "run-two")
+    async with running_app(first) as one:
+        token = await one.login()
+        created = await one.client.post(
+            "/api/v1/environments", json={"name": "mine"}, headers=bearer(token)
+        )
+        assert created.status_code == 201
+        env_id = created.json()["id"]
+        async with running_app(second) as two:
+            seen = await two.client.get(
+                f"/api/v1/environments/{env_id}", headers=bearer(await two.login())
+            )
+            assert seen.json()["status"] == "running"
+        after = await one.client.get(f"/api/v1/environments/{env_id}", headers=bearer(token))
+        assert after.json()["status"] == "running"
+        ran = await one.client.post(
+            f"/api/v1/environments/{env_id}/exec", json={"command": ["true"]}, headers=bearer(token)
+        )
+        assert ran.json()["exit_code"] == 0

@@ -632,3 +632,24 @@ async def test_status_follows_the_load_the_clock_and_the_runs(
     clock.set(T0.replace(day=5, hour=6))
     day = await status(app, auth)
     assert (day["state"], day["metrics"]["is_sleep_time"]) == ("idle", False)
+
+
+async def test_a_manual_run_at_the_instant_of_a_due_occurrence_does_not_block_it(
+    daemon: tuple[TestApp, Headers],
+) -> None:
+    app, auth = daemon
+    await add(app, auth, "both", "CRITICAL", repeat_hours=1)
+    # Due now (T0), and run by hand at the very same instant.
+    ran = await app.client.post("/daemon/tasks/both/run", headers=auth)
+    assert ran.status_code == 202, ran.text
+    await app.services.jobs.idle()
+    await tick(app)
+    runs = await history(app, auth, "both")
+    assert sorted(r["trigger"] for r in runs) == ["manual", "schedule"]
+    assert {r["scheduled_for"] for r in runs} == {"2026-03-04T12:00:00Z"}
+    assert all(r["status"] == "completed" for r in runs)
+    # A second manual run at that instant is recorded too, a microsecond on.
+    again = await app.client.post("/daemon/tasks/both/run", headers=auth)
+    assert again.status_code == 202, again.text
+    await app.services.jobs.idle()
+    assert await run_count(app, auth, "both") == 3
