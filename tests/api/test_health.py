@@ -53,6 +53,9 @@ async def test_health_is_the_superset_of_every_seed(stockade: TestApp, path: str
 
 
 async def test_health_reports_a_dead_database(stockade: TestApp) -> None:
+    # The job scheduler would retry the dead database each second; aiosqlite leaks a
+    # connection object for each failed connect, which this suite treats as an error.
+    await stockade.services.jobs.stop_scheduler()
     await stockade.services.store.db.dispose()
     stockade.services.store.db.url = stockade.services.store.db.url.set(
         database="/nonexistent/dir/db.sqlite"

@@ -653,3 +653,33 @@ async def test_a_manual_run_at_the_instant_of_a_due_occurrence_does_not_block_it
     assert again.status_code == 202, again.text
     await app.services.jobs.idle()
     assert await run_count(app, auth, "both") == 3
+
+
+async def test_a_failing_pass_reads_error_and_the_loop_goes_on(
+    daemon: tuple[TestApp, Headers], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, auth = daemon
+    failed = asyncio.Event()
+    real_due = app.services.store.jobs.due
+
+    async def broken(at: datetime, *, limit: int = 500) -> Any:
+        failed.set()
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(app.services.store.jobs, "due", broken)
+    assert (await app.client.post("/daemon/start", headers=auth)).json()["status"] == "started"
+    with anyio.fail_after(10):
+        await failed.wait()
+    # The loop handles the failure before it next waits; let it get there.
+    await asyncio.sleep(0)
+    assert (await status(app, auth))["state"] == "error"
+    # Once passes succeed again, the state recovers and due jobs run.
+    monkeypatch.setattr(app.services.store.jobs, "due", real_due)
+    events = app.services.events.subscribe(["job.run."])
+    await add(app, auth, "after", "CRITICAL")
+    with anyio.fail_after(15):
+        async for event in events:
+            if event.type == "job.run.completed" and event.data["task_id"] == "after":
+                break
+    events.close()
+    assert (await status(app, auth))["state"] in ("idle", "working")

@@ -333,18 +333,18 @@ class JobService:
         while not self._halted():
             # Cleared before the pass, so a job added during it wakes the next one.
             self._wake.clear()
+            delay = self._settings.jobs_tick
             try:
                 waiting = await self.tick()
+                if not waiting:
+                    due = await self._store.jobs.next_due()
+                    if due is not None:
+                        delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
                 self._error = None
             except Exception as exc:
+                # The state reads "error" until a pass succeeds; the loop goes on.
                 logger.exception("the job scheduler failed a pass")
                 self._error = str(exc)
-                waiting = True
-            delay = self._settings.jobs_tick
-            if not waiting:
-                due = await self._store.jobs.next_due()
-                if due is not None:
-                    delay = min(delay, max(0.0, (due - self.clock.now()).total_seconds()))
             if self._halted():
                 return
             with contextlib.suppress(TimeoutError):
