@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/approvals.py
+	$(BIN)/python bench/jobs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
