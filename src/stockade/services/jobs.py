@@ -261,7 +261,8 @@ class JobService:
         self._scheduler: asyncio.Task[None] | None = None
         self._halting = False
         self._wake = asyncio.Event()
-        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._runs: dict[str, asyncio.Task[None]] = {}  # every run's task, until it returns
+        self._active: set[str] = set()  # runs not yet ended (what slots and status count)
 
     # The daemon's start and stop.
 
@@ -369,10 +370,10 @@ class JobService:
         cpu = self.load.cpu_percent()
         sleeping = self.is_sleep_time(now)
         waiting = False
-        if len(self._runs) >= self._settings.jobs_concurrency:
+        if len(self._active) >= self._settings.jobs_concurrency:
             return True  # no free slot: a run's end wakes the loop
         for job in await self._store.jobs.due(now):
-            if len(self._runs) >= self._settings.jobs_concurrency:
+            if len(self._active) >= self._settings.jobs_concurrency:
                 return True
             if not self.allowed(job.priority, cpu, sleeping):
                 waiting = True
@@ -431,11 +432,13 @@ class JobService:
     def _launch(self, job: Job, run: JobRun) -> None:
         task = asyncio.get_running_loop().create_task(self._execute(job, run))
         self._runs[run.id] = task
-        self._metrics.jobs_active.set(len(self._runs))
+        self._active.add(run.id)
+        self._metrics.jobs_active.set(len(self._active))
 
         def done(_: asyncio.Task[None]) -> None:
             self._runs.pop(run.id, None)
-            self._metrics.jobs_active.set(len(self._runs))
+            self._active.discard(run.id)
+            self._metrics.jobs_active.set(len(self._active))
             self.wake()
 
         task.add_done_callback(done)
@@ -481,6 +484,9 @@ class JobService:
         ended = await self._store.jobs.finish(
             run, status, at=at, result=result, error=error, logs=logs, code_started_at=code_started
         )
+        # No longer under way: a status read on this run's end event says so.
+        self._active.discard(run.id)
+        self._metrics.jobs_active.set(len(self._active))
         if not ended:
             return
         self._metrics.job_runs.labels(status).inc()
@@ -714,7 +720,7 @@ class JobService:
             is_idle=cpu < self._settings.jobs_idle_cpu,
             is_sleep_time=sleeping,
             workspace=str(self._settings.home),
-            active_runs=len(self._runs),
+            active_runs=len(self._active),
         )
 
     def state(self, sleeping: bool) -> str:
@@ -723,7 +729,7 @@ class JobService:
             return self._phase
         if self._error is not None:
             return "error"
-        if self._runs:
+        if self._active:
             return "working"
         return "sleeping" if sleeping and self.running else "idle"
 
