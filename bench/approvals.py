@@ -79,10 +79,8 @@ import json
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -93,6 +91,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from events import EventReader
 from sandbox import (
     LOG_LEVEL,
     RUN_DIR,
@@ -226,92 +225,31 @@ class Arrival:
     body: dict[str, Any]  # {id, type, timestamp, data}
 
 
-class EventListener:
-    """One SSE stream (``GET /api/v1/events?type=…``), read in a thread with http.client:
-    each event of ``kept`` types with the wall time its data line was read, by (type,
-    key), the key being the data's task_id (approvals) or id (API keys)."""
+class EventListener(EventReader):
+    """The daemon's event stream, keeping each event of ``kept`` types with the wall time
+    its data line was read, by (type, key), the key being the data's task_id (approvals)
+    or id (API keys)."""
 
     def __init__(
         self, url: str, headers: dict[str, str], types: tuple[str, ...], kept: set[str]
     ) -> None:
-        address = httpx.URL(url)
-        self._http = http.client.HTTPConnection(address.host, address.port, timeout=None)
-        self._path = "/api/v1/events?" + "&".join(f"type={t}" for t in types)
-        self._headers = {**headers, "Accept": "text/event-stream"}
+        super().__init__(url, headers, types)
         self._kept = kept
         self._arrivals: dict[tuple[str, str], Arrival] = {}
-        self._changed = threading.Condition()
-        self._ready = threading.Event()
-        self._closing = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, name="sse", daemon=True)
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("the event stream did not open")
-        if self.error is not None:
-            raise RuntimeError(f"the event stream failed: {self.error}")
+    def keep(self, received: float, body: dict[str, Any]) -> None:
+        kind = str(body["type"])
+        if kind in self._kept:
+            data = body.get("data") or {}
+            key = str(data.get("task_id") or data.get("id") or "")
+            self._arrivals[(kind, key)] = Arrival(received, body)
 
-    def _read(self) -> None:
-        try:
-            self._http.request("GET", self._path, headers=self._headers)
-            response = self._http.getresponse()
-            if response.status != 200:
-                raise RuntimeError(f"GET {self._path} answered {response.status}")
-            self._ready.set()  # the route subscribes before it answers
-            while True:
-                line = response.readline()
-                if not line:
-                    raise EOFError("the daemon ended the event stream")
-                if not line.startswith(b"data:"):
-                    continue
-                received = time.time()
-                body = json.loads(line[5:])
-                kind = str(body["type"])
-                if kind not in self._kept:
-                    continue
-                data = body.get("data") or {}
-                key = str(data.get("task_id") or data.get("id") or "")
-                with self._changed:
-                    self._arrivals[(kind, key)] = Arrival(received, body)
-                    self._changed.notify_all()
-        except (
-            OSError,
-            EOFError,
-            ValueError,
-            KeyError,
-            RuntimeError,
-            http.client.HTTPException,
-        ) as exc:
-            if not self._closing:
-                self.error = exc
-        finally:
-            self._ready.set()
-            with self._changed:
-                self._changed.notify_all()
-
-    def wait(self, type: str, key: str, timeout: float) -> Arrival | None:
+    def arrival(self, type: str, key: str, timeout: float) -> Arrival | None:
         """The arrival of the event (type, key), waiting up to ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
+        if not self.wait(lambda: (type, key) in self._arrivals, timeout):
+            return None
         with self._changed:
-            while (type, key) not in self._arrivals:
-                left = deadline - time.monotonic()
-                if left <= 0 or self.error is not None or not self._thread.is_alive():
-                    return None
-                self._changed.wait(left)
             return self._arrivals.pop((type, key))
-
-    def close(self) -> None:
-        """Hang up before the daemon stops (a stream still open when it shuts down makes
-        uvicorn log "ASGI callable returned without completing response")."""
-        self._closing = True
-        sock = self._http.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv
-        self._thread.join(timeout=2.0)
-        self._http.close()
 
 
 # -- one task ----------------------------------------------------------------------------------
@@ -391,7 +329,7 @@ class Bench:
 
         # (a2): the event, published just after the row was stored; read by the SSE thread
         # while this thread polled.
-        arrival = self.events.wait("approval.requested", task_id, timeout=5.0)
+        arrival = self.events.arrival("approval.requested", task_id, timeout=5.0)
         if arrival is None:
             raise TaskFailed(f"task {task_id}: no approval.requested event within 5 s")
         if arrival.body["data"]["id"] != approval["id"]:
@@ -475,7 +413,7 @@ class Bench:
         api.json("DELETE", f"/api/v1/api-keys/{key['id']}", expect=204)
         delivered = []
         for kind in ("apikey.created", "apikey.revoked"):
-            arrival = self.events.wait(kind, str(key["id"]), timeout=5.0)
+            arrival = self.events.arrival(kind, str(key["id"]), timeout=5.0)
             if arrival is None:
                 raise RuntimeError(f"no {kind} event within 5 s")
             delivered.append((arrival.received - wall(arrival.body["timestamp"])) * 1000)

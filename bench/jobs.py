@@ -101,14 +101,11 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,6 +115,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from approvals import Api, wall
+from events import EventReader
 from sandbox import (
     LOG_LEVEL,
     ROOT,
@@ -267,96 +265,29 @@ class Arrival:
     data: dict[str, Any]
 
 
-class EventLog:
-    """One SSE stream (``GET /api/v1/events?type=…``), read in a thread with http.client,
-    keeping every job.run.* end event by the job's task_id and every sandbox.running
-    event by the sandbox's name, in the order read."""
+class EventLog(EventReader):
+    """The daemon's event stream, keeping every job.run.* end event by the job's task_id
+    and every sandbox.running event by the sandbox's name, in the order read."""
 
     def __init__(self, url: str, headers: dict[str, str]) -> None:
-        address = httpx.URL(url)
-        self._http = http.client.HTTPConnection(address.host, address.port, timeout=None)
-        self._path = "/api/v1/events?" + "&".join(f"type={t}" for t in EVENT_TYPES)
-        self._headers = {**headers, "Accept": "text/event-stream"}
+        super().__init__(url, headers, EVENT_TYPES)
         self.ended: dict[str, list[Arrival]] = defaultdict(list)
         self.sandboxes: dict[str, list[Arrival]] = defaultdict(list)
         self.dropped = 0  # events the daemon dropped because this stream fell behind
-        self._changed = threading.Condition()
-        self._ready = threading.Event()
-        self._closing = False
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, name="sse", daemon=True)
 
-    def start(self, timeout: float = 10.0) -> None:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError("the event stream did not open")
-        if self.error is not None:
-            raise RuntimeError(f"the event stream failed: {self.error}")
-
-    def _read(self) -> None:
-        try:
-            self._http.request("GET", self._path, headers=self._headers)
-            response = self._http.getresponse()
-            if response.status != 200:
-                raise RuntimeError(f"GET {self._path} answered {response.status}")
-            self._ready.set()  # the route subscribes before it answers
-            while True:
-                line = response.readline()
-                if not line:
-                    raise EOFError("the daemon ended the event stream")
-                if not line.startswith(b"data:"):
-                    continue
-                received = time.time()
-                body = json.loads(line[5:])
-                kind = str(body["type"])
-                data = body.get("data") or {}
-                arrival = Arrival(received, kind, wall(body["timestamp"]), data)
-                with self._changed:
-                    self.dropped += int(body.get("dropped") or 0)
-                    if kind in ENDED_TYPES:
-                        self.ended[str(data.get("task_id"))].append(arrival)
-                    elif kind == "sandbox.running":
-                        self.sandboxes[str(data.get("name"))].append(arrival)
-                    self._changed.notify_all()
-        except (
-            OSError,
-            EOFError,
-            ValueError,
-            KeyError,
-            RuntimeError,
-            http.client.HTTPException,
-        ) as exc:
-            if not self._closing:
-                self.error = exc
-        finally:
-            self._ready.set()
-            with self._changed:
-                self._changed.notify_all()
-
-    def wait(self, ready: Callable[[], bool], timeout: float) -> bool:
-        """Wait until ``ready()`` (called under the lock) is true, up to ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not ready():
-                left = deadline - time.monotonic()
-                if left <= 0 or self.error is not None or not self._thread.is_alive():
-                    return False
-                self._changed.wait(min(left, 1.0))
-            return True
+    def keep(self, received: float, body: dict[str, Any]) -> None:
+        kind = str(body["type"])
+        data = body.get("data") or {}
+        arrival = Arrival(received, kind, wall(body["timestamp"]), data)
+        self.dropped += int(body.get("dropped") or 0)
+        if kind in ENDED_TYPES:
+            self.ended[str(data.get("task_id"))].append(arrival)
+        elif kind == "sandbox.running":
+            self.sandboxes[str(data.get("name"))].append(arrival)
 
     def ended_count(self, task_id: str) -> int:
         with self._changed:
             return len(self.ended.get(task_id, ()))
-
-    def close(self) -> None:
-        """Hang up before the daemon stops."""
-        self._closing = True
-        sock = self._http.sock
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # wakes the reader's recv
-        self._thread.join(timeout=2.0)
-        self._http.close()
 
 
 # -- samples -----------------------------------------------------------------------------------
