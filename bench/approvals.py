@@ -99,16 +99,14 @@ from sandbox import (
     Distribution,
     _ignoring_signals,
     _terminate,
-    leftovers,
     login,
     note,
-    remove_daemon_remains,
+    shut_down,
     start_daemon,
     wait_healthy,
 )
 
 from stockade.sandbox.cgroups import CgroupLayout
-from stockade.testing import stop_process
 
 TARGET_MS = 50.0
 REQUEST_TIMEOUT = 60.0
@@ -718,23 +716,9 @@ def run(args: argparse.Namespace) -> tuple[int, Result | None, str]:
                     api.close()
                 if events is not None:
                     events.close()
-                if daemon is not None:
-                    stop_process(daemon.process)
-                    note(f"daemon stopped (exit code {daemon.process.returncode})")
-                    daemon_log = daemon.output().strip()
-                remains = leftovers(daemon, layout) if daemon is not None else []
-                if daemon is not None and remains:
-                    note(f"removing what the daemon left ({len(remains)}): {remains[:6]}")
-                    remove_daemon_remains(daemon, layout)
-                if not run_dir_existed:
-                    with contextlib.suppress(OSError):
-                        RUN_DIR.rmdir()  # only when empty: never another daemon's
-                left = leftovers(daemon, layout)
-                if left:
-                    note(f"WARNING: left on the host ({len(left)}): {left[:20]}")
+                clean, daemon_log = shut_down(daemon, layout, run_dir_existed)
+                if not clean:
                     code = code or 1
-                else:
-                    note("clean-up: no cgroup, mount or run directory of this run is left")
     return code, result, daemon_log
 
 

@@ -964,26 +964,47 @@ def run(args: argparse.Namespace) -> tuple[int, dict[str, Any], str]:
                     if daemon is not None and daemon.process.poll() is None:
                         delete_all(api)
                     api.close()
-                if daemon is not None:
-                    stop_process(daemon.process)
-                    note(f"daemon stopped (exit code {daemon.process.returncode})")
-                    daemon_log = daemon.output().strip()
-                if floor is not None:
-                    floor.cleanup()
-                remains = leftovers(daemon, layout) if daemon is not None else []
-                if daemon is not None and remains:
-                    note(f"removing what the daemon left ({len(remains)}): {remains[:6]}")
-                    remove_daemon_remains(daemon, layout)
-                if not run_dir_existed:
-                    with contextlib.suppress(OSError):
-                        RUN_DIR.rmdir()  # only when empty: never another daemon's
-                left = leftovers(daemon, layout)
-                if left:
-                    note(f"WARNING: left on the host ({len(left)}): {left[:20]}")
+                clean, daemon_log = shut_down(
+                    daemon,
+                    layout,
+                    run_dir_existed,
+                    also=floor.cleanup if floor is not None else None,
+                )
+                if not clean:
                     code = code or 1
-                else:
-                    note("clean-up: no cgroup, mount or run directory of this run is left")
     return code, results, daemon_log
+
+
+def shut_down(
+    daemon: Daemon | None,
+    layout: CgroupLayout,
+    run_dir_existed: bool,
+    *,
+    also: Callable[[], None] | None = None,
+) -> tuple[bool, str]:
+    """Stop the daemon (SIGTERM, then SIGKILL), run ``also`` (more clean-up), remove what
+    the daemon left, and check that nothing of this run is left on the host. Returns
+    (clean, the daemon's output)."""
+    daemon_log = ""
+    if daemon is not None:
+        stop_process(daemon.process)
+        note(f"daemon stopped (exit code {daemon.process.returncode})")
+        daemon_log = daemon.output().strip()
+    if also is not None:
+        also()
+    remains = leftovers(daemon, layout) if daemon is not None else []
+    if daemon is not None and remains:
+        note(f"removing what the daemon left ({len(remains)}): {remains[:6]}")
+        remove_daemon_remains(daemon, layout)
+    if not run_dir_existed:
+        with contextlib.suppress(OSError):
+            RUN_DIR.rmdir()  # only when empty: never another daemon's
+    left = leftovers(daemon, layout)
+    if left:
+        note(f"WARNING: left on the host ({len(left)}): {left[:20]}")
+        return False, daemon_log
+    note("clean-up: no cgroup, mount or run directory of this run is left")
+    return True, daemon_log
 
 
 def main(argv: list[str] | None = None) -> int:
