@@ -56,6 +56,9 @@ CHECKS = [
 
 HYPOTHESIS = {
     "deadline": None,
+    # No example database: a stored example from an older schema made the stateful phase
+    # fail as "inconsistent data generation"; a run depends on the schema alone, as in CI.
+    "database": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
 }
 

@@ -659,19 +659,18 @@ async def test_a_failing_pass_reads_error_and_the_loop_goes_on(
     daemon: tuple[TestApp, Headers], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app, auth = daemon
-    failed = asyncio.Event()
     real_due = app.services.store.jobs.due
 
     async def broken(at: datetime, *, limit: int = 500) -> Any:
-        failed.set()
         raise RuntimeError("the database went away")
 
     monkeypatch.setattr(app.services.store.jobs, "due", broken)
+    failures = app.services.events.subscribe(["scheduler.error"])
     assert (await app.client.post("/daemon/start", headers=auth)).json()["status"] == "started"
     with anyio.fail_after(10):
-        await failed.wait()
-    # The loop handles the failure before it next waits; let it get there.
-    await asyncio.sleep(0)
+        failure = await failures.get()
+    failures.close()
+    assert failure.data == {"error": "the database went away"}
     assert (await status(app, auth))["state"] == "error"
     # Once passes succeed again, the state recovers and due jobs run.
     monkeypatch.setattr(app.services.store.jobs, "due", real_due)

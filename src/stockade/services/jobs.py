@@ -302,16 +302,19 @@ class JobService:
     def running(self) -> bool:
         return self._scheduler is not None and not self._scheduler.done()
 
-    def start_scheduler(self) -> bool:
-        """Start scheduling; False when it already runs."""
+    def start_scheduler(self, principal: Principal | None = None) -> bool:
+        """Start scheduling; False when it already runs. A caller must be an admin (the
+        scheduler serves everyone's jobs); the daemon's own start passes none."""
+        _require_admin(principal)
         if self.running:
             return False
         self._scheduler = asyncio.get_running_loop().create_task(self._loop())
         self._events.publish("scheduler.started", {"running": True})
         return True
 
-    async def stop_scheduler(self) -> bool:
+    async def stop_scheduler(self, principal: Principal | None = None) -> bool:
         """Stop scheduling (runs under way finish); False when it was not running."""
+        _require_admin(principal)
         if not self.running:
             return False
         await self._halt()
@@ -349,6 +352,8 @@ class JobService:
             except Exception as exc:
                 # The state reads "error" until a pass succeeds; the loop goes on.
                 logger.exception("the job scheduler failed a pass")
+                if self._error is None:
+                    self._events.publish("scheduler.error", {"error": str(exc)})
                 self._error = str(exc)
             if self._halted():
                 return
@@ -786,6 +791,11 @@ def _priority(name: str) -> int:
         return Priority[name.strip().upper()].value
     except KeyError:
         raise InvalidInput(f"Invalid priority: {name}") from None
+
+
+def _require_admin(principal: Principal | None) -> None:
+    if principal is not None and not principal.is_admin:
+        raise PermissionDenied("Only an admin may start or stop the scheduler.")
 
 
 def _owner(principal: Principal) -> str | None:

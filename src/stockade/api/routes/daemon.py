@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from stockade.api.deps import WS_AUTH_PROTOCOL, principal_of, services_of
 from stockade.api.errors import responses
-from stockade.errors import PermissionDenied
 from stockade.services.jobs import JobRequest, Priority, Status, parse_interval, repeat_interval
 from stockade.store.records import Job, JobRun
 
@@ -227,8 +226,7 @@ async def add_job(request: Request, body: JobIn) -> Added:
 @router.post("/start", summary="Start the scheduler", responses=responses(401, 403, 429))
 async def start_scheduler(request: Request) -> SchedulerOut:
     """Starts the job scheduler (not the HTTP server). Admins only."""
-    _require_admin(request)
-    if services_of(request).jobs.start_scheduler():
+    if services_of(request).jobs.start_scheduler(principal_of(request)):
         return SchedulerOut(status="started", message="Daemon started successfully")
     return SchedulerOut(status="already_running", message="Daemon is already running")
 
@@ -236,8 +234,7 @@ async def start_scheduler(request: Request) -> SchedulerOut:
 @router.post("/stop", summary="Stop the scheduler", responses=responses(401, 403, 429))
 async def stop_scheduler(request: Request) -> SchedulerOut:
     """Stops the job scheduler; runs under way finish. Admins only."""
-    _require_admin(request)
-    if await services_of(request).jobs.stop_scheduler():
+    if await services_of(request).jobs.stop_scheduler(principal_of(request)):
         return SchedulerOut(status="stopped", message="Daemon stopped successfully")
     return SchedulerOut(status="not_running", message="Daemon is not running")
 
@@ -317,8 +314,3 @@ async def status_socket(websocket: WebSocket) -> None:
         pass
     finally:
         stream.close()
-
-
-def _require_admin(request: Request) -> None:
-    if not principal_of(request).is_admin:
-        raise PermissionDenied("Only an admin may start or stop the scheduler.")
