@@ -139,7 +139,7 @@ REQUEST_TIMEOUT = 60.0
 SANDBOX_MAX = 64
 NOOP = "def execute():\n    return {}"
 ENDED_TYPES = ("job.run.completed", "job.run.failed", "job.run.interrupted")
-EVENT_TYPES = (*ENDED_TYPES, "sandbox.running")
+EVENT_TYPES = (*ENDED_TYPES, "sandbox.running", "sandbox.updated")
 PRINT_TIME = "import time; print(time.time())"
 FLOOR_ARGV = ["python3", "-I", "-c", PRINT_TIME]
 NOOP_ARGV = ["python3", "-I", "-c", "pass"]
@@ -186,6 +186,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="STOCKADE_JOBS_CONCURRENCY for the daemon, and (b)'s floor workers",
     )
     parser.add_argument(
+        "--warm-runners",
+        type=int,
+        default=1,
+        help="STOCKADE_JOBS_WARM_RUNNERS for the daemon (0: every run starts its own runner)",
+    )
+    parser.add_argument(
         "--connections", type=int, default=32, help="(b) connections the POSTs share"
     )
     parser.add_argument(
@@ -223,8 +229,8 @@ class RunFailed(Exception):
 # -- the daemon --------------------------------------------------------------------------------
 
 
-def start_daemon(tmp: Path, password: str, concurrency: int) -> Daemon:
-    """As bench/sandbox.py's, with the job scheduler's concurrency set."""
+def start_daemon(tmp: Path, password: str, concurrency: int, warm_runners: int) -> Daemon:
+    """As bench/sandbox.py's, with the job scheduler's concurrency and warm runners set."""
     home = tmp / "home"
     log = tmp / "daemon.log"
     port = free_port()
@@ -238,6 +244,7 @@ def start_daemon(tmp: Path, password: str, concurrency: int) -> Daemon:
         "STOCKADE_RATE_LIMIT_ENABLED": "false",
         "STOCKADE_SANDBOX_MAX": str(SANDBOX_MAX),
         "STOCKADE_JOBS_CONCURRENCY": str(concurrency),
+        "STOCKADE_JOBS_WARM_RUNNERS": str(warm_runners),
         "PYTHONUNBUFFERED": "1",
     }
     with log.open("wb") as sink:
@@ -281,7 +288,9 @@ class EventLog(EventReader):
         self.dropped += int(body.get("dropped") or 0)
         if kind in ENDED_TYPES:
             self.ended[str(data.get("task_id"))].append(arrival)
-        elif kind == "sandbox.running":
+        elif kind in ("sandbox.running", "sandbox.updated"):
+            # A warm runner's sandbox is renamed job-<task_id> (sandbox.updated) once
+            # its run takes it; a run that started its own runner names it so at once.
             self.sandboxes[str(data.get("name"))].append(arrival)
 
     def ended_count(self, task_id: str) -> int:
@@ -306,6 +315,7 @@ class RunSample:
     env_recorded: float | None  # the sandbox's started_at -> sandbox.running published
     exec_to_code: float | None  # sandbox.running published -> code_started_at
     code_to_finished: float
+    warm: bool  # the run took a warm runner (the sandbox rows above are then None)
     post_to_code: float | None = None  # (a1) the client sent the add -> code started
     add: float | None = None  # (a1) the add's round trip
 
@@ -343,6 +353,12 @@ def sample_of(
     started = wall(run["started_at"])
     code = wall(run["code_started_at"])
     finished = wall(run["finished_at"])
+    if running is not None and running.type == "sandbox.updated":
+        # A warm runner: its sandbox and Python started before the run was due.
+        env, running = None, None
+        warm = True
+    else:
+        warm = False
     env_created = wall(env["created_at"]) if env and env.get("created_at") else None
     env_started = wall(env["started_at"]) if env and env.get("started_at") else None
     return RunSample(
@@ -364,6 +380,7 @@ def sample_of(
         ),
         exec_to_code=ms(code, running.published) if running is not None else None,
         code_to_finished=ms(finished, code),
+        warm=warm,
     )
 
 
@@ -410,12 +427,22 @@ class Bench:
         return found
 
     def running_event(self, task_id: str, run: dict[str, Any]) -> Arrival | None:
-        """The sandbox.running event of ``run``'s sandbox: its publication lies between
-        the run's started_at and its code_started_at."""
+        """The sandbox.running event of ``run``'s sandbox (its publication lies between
+        the run's started_at and its code_started_at), or the sandbox.updated event of
+        the warm runner it took (published after the run started, before it finished)."""
         started, code = wall(run["started_at"]), wall(run["code_started_at"])
+        finished = wall(run["finished_at"])
         with self.events._changed:
             candidates = list(self.events.sandboxes.get(f"job-{task_id}", ()))
-        return next((a for a in candidates if started <= a.published <= code), None)
+        return next(
+            (
+                a
+                for a in candidates
+                if started <= a.published
+                and a.published <= (code if a.type == "sandbox.running" else finished)
+            ),
+            None,
+        )
 
     # (a1)
 
@@ -842,6 +869,8 @@ class Overhead:
     code_to_finished: Distribution
     post_to_code: Distribution | None
     add: Distribution | None
+    warm_runs: int  # runs that took a warm runner
+    cold_due_to_code: Distribution  # due -> code started of the runs that did not
     ratio: float  # due_to_code p50 / the API floor's p50
 
     @classmethod
@@ -866,6 +895,8 @@ class Overhead:
             code_to_finished=dist("code_to_finished"),
             post_to_code=dist("post_to_code") if client else None,
             add=dist("add") if client else None,
+            warm_runs=sum(s.warm for s in samples),
+            cold_due_to_code=Distribution.of([s.due_to_code for s in samples if not s.warm]),
             ratio=due_to_code.p50 / floor.p50 if floor.p50 > 0 else float("nan"),
         )
 
@@ -976,9 +1007,10 @@ def conditions(args: argparse.Namespace, load: tuple[float, float]) -> list[str]
     parts = [
         "daemon: `python -m stockade daemon` (uvicorn, 1 worker, SQLite in a temporary home), "
         f"rate limits disabled, log level {LOG_LEVEL!r}, STOCKADE_JOBS_CONCURRENCY="
-        f"{args.concurrency}, warm pool default (4), STOCKADE_JOBS_TICK default (1 s)",
+        f"{args.concurrency}, STOCKADE_JOBS_WARM_RUNNERS={args.warm_runners}, warm pool "
+        "default (4), STOCKADE_JOBS_TICK default (1 s)",
         "client: one keep-alive http.client connection; one SSE stream (http.client, in a "
-        "thread) for job.run.<end> and sandbox.running; httpx async for (b)",
+        "thread) for job.run.<end>, sandbox.running and sandbox.updated; httpx async for (b)",
         "timestamps: the daemon's (datetime.now(UTC)), the runner's and this script's "
         "(time.time()) are the same host clock, so their differences are valid",
         f"jobs: CRITICAL, code {NOOP!r}",
@@ -1027,6 +1059,8 @@ def print_overhead(title: str, o: Overhead, floor: FloorResult | None) -> None:
     print(row("     due -> claimed (scheduler wake-up)", o.due_to_claimed, None, None))
     print(row("     claimed -> started (due query, claim, task)", o.claimed_to_started, None, None))
     print(row("     started -> code started", o.started_to_code, None, None))
+    print(f"     {o.warm_runs} of {o.runs} runs took a warm runner; the rest started their own:")
+    print(row("     own runner: due -> code started", o.cold_due_to_code, None, None))
     print(row("       started -> sandbox created_at (run row)", o.started_to_env, None, None))
     print(row("       sandbox created_at -> started_at", o.env_create, None, None))
     print(row("         of which backend spawn_time_ms", o.spawn, None, None))
@@ -1126,7 +1160,7 @@ def run(args: argparse.Namespace) -> tuple[int, Result | None, str]:
     with tempfile.TemporaryDirectory(prefix="stockade-bench-") as tmp:
         password = secrets.token_urlsafe(18)
         try:
-            daemon = start_daemon(Path(tmp), password, args.concurrency)
+            daemon = start_daemon(Path(tmp), password, args.concurrency, args.warm_runners)
             note(f"daemon pid {daemon.process.pid} on {daemon.url} (home {daemon.home})")
             wait_healthy(daemon, args.startup_timeout)
             token = login(daemon.url, password)

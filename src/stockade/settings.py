@@ -144,6 +144,16 @@ class Settings(BaseSettings):
     jobs_stop_grace: float = Field(
         10.0, ge=0, description="Seconds a clean stop lets job runs finish before ending them."
     )
+    jobs_warm_runners: int = Field(
+        1,
+        ge=0,
+        le=16,
+        description="Sandboxes kept per job owner with the code runner started, waiting for "
+        "their next run (0: every run starts its own).",
+    )
+    jobs_warm_idle: float = Field(
+        120.0, gt=0, description="Seconds a waiting job runner is kept before it is destroyed."
+    )
     plan_step_timeout: int = Field(
         300, ge=1, description="Seconds one step of a Luna plan may run before it is killed."
     )

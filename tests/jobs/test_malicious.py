@@ -294,13 +294,19 @@ async def assert_daemon_healthy(app: TestApp, events: Subscription) -> None:
     await task_event(events, ENDED, "benign_after", within=30)
     run = await only_run(app, "benign_after")
     assert (run["status"], run["result"]) == ("completed", {"ok": True}), run
-    # A run's sandbox is deleted as it ends; the host is cleaned in the background.
+    # A run's sandbox is deleted as it ends, and the owner's next runner warmed, in the
+    # background. What is left is that one runner, still waiting for code.
+    await app.services.jobs.runners.settled()
     await app.services.sandboxes.settled()
     health = await app.client.get("/health")
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "healthy"
-    assert body["active_vms"] == 0
+    warm = app.services.jobs.runners.waiting()
+    assert len(warm) == 1
+    assert body["active_vms"] == 1
+    record = (await app.client.get(f"/api/v1/environments/{warm[0]}", headers=AUTH)).json()
+    assert (record["name"], record["labels"]) == ("job-runner", {"stockade.job-runner": "warm"})
     status = await app.client.get("/daemon/status", headers=AUTH)
     assert status.json()["active_runs"] == 0
 

@@ -55,6 +55,7 @@ from stockade.metrics import Metrics
 from stockade.sandbox.base import ExecResult
 from stockade.sandbox.workspace import HOME
 from stockade.services.principal import Principal, acting_for
+from stockade.services.runners import LOG_LIMIT, RESULT_PATH, JobLabel, Runners
 from stockade.services.sandboxes import EnvironmentRequest, SandboxService
 from stockade.services.tasks import TaskRequest, TaskService
 from stockade.settings import Settings
@@ -63,47 +64,7 @@ from stockade.store.records import Job, JobRun
 
 logger = logging.getLogger("stockade.jobs")
 
-LOG_LIMIT = 256 * 1024
-RESULT_PATH = "/tmp/.stockade-job-result.json"  # noqa: S108 - inside the sandbox
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-# Runs inside the sandbox with the image's Python: reads the job's code from stdin, calls
-# execute() (awaiting it when it is a coroutine) and writes the result, or the traceback,
-# as JSON to the path in argv[1]. The job's own prints go to stdout and stderr: its logs.
-# json and traceback are imported only once they are needed: at the top they cost ~20 ms
-# before execute() could start (measured in a sandbox under load).
-RUNNER = r"""
-import sys, time
-code = sys.stdin.read()
-sys.stdin = open("/dev/null")
-out = {"ok": False}
-def _save():
-    import json
-    with open(sys.argv[1], "w") as f:
-        json.dump(out, f, default=repr)
-try:
-    scope = {"__name__": "__job__"}
-    exec(compile(code, "<job>", "exec"), scope)
-    out["started"] = time.time()
-    value = scope["execute"]()
-    if hasattr(value, "__await__"):
-        import asyncio
-        async def _wait():
-            return await value
-        value = asyncio.run(_wait())
-    out["ok"] = True
-    out["result"] = value if isinstance(value, dict) else {"value": value}
-except BaseException as exc:
-    import traceback
-    # The traceback from the job's code on (the runner's own frame left out).
-    tb = exc.__traceback__.tb_next if exc.__traceback__ else None
-    out["error"] = "".join(traceback.format_exception(type(exc), exc, tb, limit=20))
-    sys.stdout.flush()
-    _save()
-    sys.exit(1)
-sys.stdout.flush()
-_save()
-"""
 
 
 class Priority(enum.IntEnum):
@@ -263,6 +224,9 @@ class JobService:
         self._wake = asyncio.Event()
         self._runs: dict[str, asyncio.Task[None]] = {}  # every run's task, until it returns
         self._active: set[str] = set()  # runs not yet ended (what slots and status count)
+        self.runners = Runners(
+            sandboxes, per_owner=settings.jobs_warm_runners, idle=settings.jobs_warm_idle
+        )
 
     # The daemon's start and stop.
 
@@ -293,6 +257,7 @@ class JobService:
             for run in pending:
                 run.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        await self.runners.close()
         if self._host_load is not None:
             await self._host_load.stop()
 
@@ -318,6 +283,7 @@ class JobService:
         if not self.running:
             return False
         await self._halt()
+        await self.runners.drain()
         self._events.publish("scheduler.stopped", {"running": False})
         return True
 
@@ -511,15 +477,16 @@ class JobService:
         self, job: Job
     ) -> tuple[str, dict[str, Any] | None, str | None, str, datetime | None]:
         principal = acting_for(job.owner_id)
-        async with self._sandbox(job, principal) as sandbox_id:
-            executed = await self._sandboxes.exec(
-                principal,
-                sandbox_id,
-                ["python3", "-I", "-c", RUNNER, RESULT_PATH],
-                timeout=job.timeout_seconds,
-                stdin=job.body.encode(),
-            )
-            report = await self._report(principal, sandbox_id)
+        label = JobLabel(job.task_id, job.id, job.timeout_seconds)
+        runner = await self.runners.take(principal, label)
+        try:
+            runner.send(job.task_id, job.body)
+            await self.runners.claim(runner, label)
+            ended = await runner.ended(job.timeout_seconds)
+            report = await self._report(principal, runner.sandbox_id) if ended else {}
+        finally:
+            await self.runners.finish(runner)
+        executed = runner.result(timed_out=not ended)
         logs = _logs(executed)
         started = report.get("started")
         code_started = (

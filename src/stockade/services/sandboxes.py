@@ -207,13 +207,25 @@ class SandboxService:
             if recovery.cleaned:
                 logger.info("removed what %d sandboxes left behind", len(recovery.cleaned))
         now = datetime.now(UTC)
+        # A delete that was answered (the row says terminating) ends terminated, as its
+        # caller was told; the others were running when the daemon died.
+        deleted = [r for r in leftover if r.status == "terminating"]
         await self._store.sandboxes.mark_many(
-            [r.id for r in leftover],
+            [r.id for r in deleted],
+            status="terminated",
+            reason="Deleted; the daemon stopped before it finished, and its restart did.",
+            at=now,
+        )
+        failed = [r for r in leftover if r.status != "terminating"]
+        await self._store.sandboxes.mark_many(
+            [r.id for r in failed],
             status="failed",
             reason="The daemon stopped while this sandbox ran; it was cleaned up.",
             at=now,
         )
-        for record in leftover:
+        for record in deleted:
+            self._publish("sandbox.terminated", _replace(record, status="terminated"))
+        for record in failed:
             self._publish("sandbox.failed", record)
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
@@ -450,6 +462,33 @@ class SandboxService:
         self._metrics.active_sandboxes.labels(self._backend.name).set(len(self._live))
         self._publish("sandbox.running", running)
         return running
+
+    async def reassign(
+        self,
+        principal: Principal,
+        sandbox_id: str,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        seconds: int,
+    ) -> Sandbox:
+        """Give a running sandbox a new name and labels, and ``seconds`` more from
+        now (a warm job runner, started before its job was known, taken for a job)."""
+        record = await self._running(principal, sandbox_id, Permission.WRITE)
+        now = _now()
+        expires_at = now + timedelta(seconds=seconds)
+        lifetime = int((expires_at - record.created_at).total_seconds()) + 1
+        await self._store.sandboxes.reassign(
+            sandbox_id, name=name, labels=labels, timeout_seconds=lifetime, expires_at=expires_at
+        )
+        updated = _replace(
+            record, name=name, labels=dict(labels), timeout_seconds=lifetime, expires_at=expires_at
+        )
+        if sandbox_id in self._live:
+            self._live[sandbox_id] = updated
+            self._expiry[sandbox_id] = time.monotonic() + seconds
+        self._publish("sandbox.updated", updated)
+        return updated
 
     async def delete(self, principal: Principal, sandbox_id: str, *, force: bool = False) -> None:
         """Destroy a sandbox, gracefully unless ``force``; its row stays, terminated.

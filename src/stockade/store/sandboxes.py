@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -138,6 +138,31 @@ class SandboxStore:
             query = query.where(sandboxes.c.status.in_(list(only_from)))
         async with self._db.begin() as conn:
             return (await conn.execute(query)).rowcount == 1
+
+    async def reassign(
+        self,
+        sandbox_id: str,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        timeout_seconds: int,
+        expires_at: datetime,
+    ) -> None:
+        """Give a sandbox a new name, labels and deadline, in one transaction."""
+        async with self._db.begin() as conn:
+            await conn.execute(
+                sandboxes.update()
+                .where(sandboxes.c.id == sandbox_id)
+                .values(name=name, timeout_seconds=timeout_seconds, expires_at=expires_at)
+            )
+            await conn.execute(
+                sandbox_labels.delete().where(sandbox_labels.c.sandbox_id == sandbox_id)
+            )
+            if labels:
+                await conn.execute(
+                    sandbox_labels.insert(),
+                    [{"sandbox_id": sandbox_id, "key": k, "value": v} for k, v in labels.items()],
+                )
 
     async def mark_many(
         self, sandbox_ids: Collection[str], *, status: str, reason: str, at: datetime
