@@ -818,7 +818,7 @@ BAD_CREATES = {
         400,
         "rivilege",
     ),
-    "unknown runtime class": ({"isolation": {"runtime_class": "gvisor"}}, 400, "runtime_class"),
+    "unknown runtime class": ({"isolation": {"runtime_class": "kata"}}, 400, "runtime_class"),
     "invalid label": ({"labels": {"not a key": "x"}}, 400, "label"),
     "invalid env name": ({"env": {"1X": "y"}}, 400, "env"),
     "no name": ({"name": ""}, 422, "name"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from pydantic_ai.models import Model
 
@@ -34,6 +35,20 @@ from stockade.settings import Settings
 from stockade.store import Store
 
 logger = logging.getLogger("stockade")
+
+
+def make_backends(settings: Settings, home: Path) -> dict[str, SandboxBackend]:
+    """Every sandbox backend this daemon offers, by name; ``STOCKADE_BACKEND`` names the
+    default. One that cannot run here is still listed, and ``/health`` says why."""
+    return {
+        "namespace": NamespaceBackend(
+            settings.run_dir,
+            home / "sandboxes",
+            instance=instance_name(home),
+            default_pids=settings.sandbox_pids,
+            pool_size=settings.sandbox_pool,
+        ),
+    }
 
 
 @dataclass
@@ -75,21 +90,22 @@ class Services:
         metrics = Metrics()
         passwords = passwords or Passwords()
         tokens = Tokens(secret, timedelta(seconds=settings.token_ttl_seconds))
-        backend = backend or NamespaceBackend(
-            settings.run_dir,
-            home / "sandboxes",
-            instance=instance_name(home),
-            default_pids=settings.sandbox_pids,
-            pool_size=settings.sandbox_pool,
-        )
+        backends = {backend.name: backend} if backend else make_backends(settings, home)
         sandboxes = SandboxService(
-            settings, store, backend, events, metrics, instance=instance_name(home)
+            settings,
+            store,
+            backends,
+            events,
+            metrics,
+            default=backend.name if backend else settings.backend,
+            instance=instance_name(home),
         )
         policy = load_policy(settings.policy_file) if settings.policy_file else DEFAULT_POLICY
         health = HealthService(
             store, llm=describe(settings), llm_model=(settings.llm_model or "").strip()
         )
         health.backend = sandboxes.backend_status
+        health.backends = sandboxes.backends_status
         health.active_sandboxes = sandboxes.active_count
         tasks = TaskService(
             settings,

@@ -33,6 +33,7 @@ class Health:
     active_vms: int
     services: dict[str, str]
     capacity: dict[str, int | str]
+    backends: dict[str, str]
 
 
 def _gibibytes(n: int) -> str:
@@ -48,6 +49,7 @@ class HealthService:
         self._llm = llm
         self._llm_model = llm_model
         self.backend: Callable[[], str] = lambda: "none"
+        self.backends: Callable[[], dict[str, str]] = dict
         self.active_sandboxes: ActiveCount | None = None
         self._probed_at = -PROBE_SECONDS
         self._database = "unknown"
@@ -82,6 +84,7 @@ class HealthService:
                 "available_cpu": str(os.cpu_count() or 1),
                 "available_memory": self._available_memory,
             },
+            backends=self.backends(),
         )
 
     async def _probe_database(self) -> str:

@@ -63,11 +63,13 @@ from stockade.store.sandboxes import LIVE, LabelRequirement
 logger = logging.getLogger("stockade.sandboxes")
 
 STATUSES = ("pending", "running", "terminating", "terminated", "failed")
+# Seed 004's isolation.runtime_class (and ours, on tasks and jobs) -> a backend's name.
+# Absent or empty means the daemon's default (STOCKADE_BACKEND).
 RUNTIME_CLASSES = {
-    None: "namespace",
-    "": "namespace",
     "runc": "namespace",
     "namespace": "namespace",
+    "gvisor": "gvisor",
+    "runsc": "gvisor",
 }
 EXEC_OUTPUT_LIMIT = 16 << 20
 DELETE_GRACE = 5.0
@@ -154,16 +156,20 @@ class SandboxService:
         self,
         settings: Settings,
         store: Store,
-        backend: SandboxBackend,
+        backends: Mapping[str, SandboxBackend],
         events: EventBus,
         metrics: Metrics,
         *,
+        default: str,
         instance: str | None = None,
     ) -> None:
+        if default not in backends:
+            raise ValueError(f"the default backend {default!r} is not among {sorted(backends)}")
         self._settings = settings
         self._instance = instance
         self._store = store
-        self._backend = backend
+        self._backends = dict(backends)
+        self._default = default
         self._events = events
         self._metrics = metrics
         self._live: dict[str, Sandbox] = {}  # running sandboxes of this daemon
@@ -172,19 +178,56 @@ class SandboxService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ending: dict[str, asyncio.Task[None]] = {}  # deletes being carried out
         self._reaper: asyncio.Task[None] | None = None
-        self._available: str | None = "not started"
+        # Why each backend cannot run sandboxes here (None: it can).
+        self._unavailable: dict[str, str | None] = dict.fromkeys(backends, "not started")
         self._creating = 0
-        backend.on_lost = self._on_lost
+        for backend in backends.values():
+            backend.on_lost = self._on_lost
 
     @property
     def backend_name(self) -> str:
-        return self._backend.name
+        """The default backend's name."""
+        return self._default
 
     def backend_status(self) -> str:
-        """What ``/health`` says about the backend."""
-        if self._available is None:
-            return f"{self._backend.name}: ok"
-        return f"{self._backend.name}: unavailable ({self._available})"
+        """What ``/health`` says about the default backend."""
+        return f"{self._default}: {self.backends_status()[self._default]}"
+
+    def backends_status(self) -> dict[str, str]:
+        """Each backend's name and "ok", or why it is unavailable."""
+        return {
+            name: "ok" if reason is None else f"unavailable ({reason})"
+            for name, reason in self._unavailable.items()
+        }
+
+    def _of(self, sandbox: Sandbox | str) -> SandboxBackend:
+        """The backend that runs (or ran) a sandbox: a record's, or a live id's."""
+        if isinstance(sandbox, str):
+            live = self._live.get(sandbox)
+            name = live.backend if live is not None else self._default
+        else:
+            name = sandbox.backend
+        return self._backends.get(name) or self._backends[self._default]
+
+    def choose(self, runtime_class: str | None) -> str:
+        """The backend for ``runtime_class`` (absent: the default); InvalidInput for one
+        this daemon does not offer, Unavailable for one that cannot run here."""
+        if not runtime_class:
+            name = self._default
+        else:
+            name = RUNTIME_CLASSES.get(runtime_class, "")
+            if name not in self._backends:
+                offered = ", ".join(
+                    f"'{c}'" for c, n in RUNTIME_CLASSES.items() if n in self._backends
+                )
+                raise InvalidInput(
+                    f"Unknown runtime_class {runtime_class!r}; this daemon offers {offered} "
+                    f"(or leave it out for its default, '{self._default}')."
+                )
+        reason = self._unavailable[name]
+        if reason is not None:
+            raise Unavailable(f"Sandboxes are unavailable on the {name} backend: {reason}")
+        return name
 
     async def active_count(self) -> int:
         return len(self._live)
@@ -192,20 +235,23 @@ class SandboxService:
     # Start and stop.
 
     async def start(self) -> None:
-        """Prepare the backend, settle sandboxes a previous run left, start the reaper."""
-        self._available = self._backend.unavailable_reason()
-        if self._available is None:
-            try:
-                await self._backend.start()
-            except (SandboxError, OSError) as exc:
-                self._available = str(exc)
-        if self._available is not None:
-            logger.warning("sandboxes are unavailable: %s", self._available)
+        """Prepare the backends, settle sandboxes a previous run left, start the reaper."""
         leftover = await self._store.sandboxes.live(instance=self._instance)
-        if self._available is None:
-            recovery = await self._backend.recover([r.id for r in leftover])
+        for name, backend in self._backends.items():
+            reason = backend.unavailable_reason()
+            if reason is None:
+                try:
+                    await backend.start()
+                except (SandboxError, OSError) as exc:
+                    reason = str(exc)
+            self._unavailable[name] = reason
+            if reason is not None:
+                log = logger.warning if name == self._default else logger.info
+                log("the %s backend is unavailable: %s", name, reason)
+                continue
+            recovery = await backend.recover([r.id for r in leftover if r.backend == name])
             if recovery.cleaned:
-                logger.info("removed what %d sandboxes left behind", len(recovery.cleaned))
+                logger.info("removed what %d %s sandboxes left", len(recovery.cleaned), name)
         now = datetime.now(UTC)
         # A delete that was answered (the row says terminating) ends terminated, as its
         # caller was told; the others were running when the daemon died.
@@ -240,7 +286,9 @@ class SandboxService:
         if self._ending:  # deletes already answered: let them finish and be recorded
             await asyncio.wait(list(self._ending.values()), timeout=DELETE_GRACE + 5)
         ids = list(self._live)
-        await self._backend.close()
+        for name, backend in self._backends.items():
+            if self._unavailable[name] is None:
+                await backend.close()
         await self._store.sandboxes.mark_many(
             ids, status="terminated", reason="The daemon stopped.", at=datetime.now(UTC)
         )
@@ -308,7 +356,7 @@ class SandboxService:
         if record.id not in self._live:
             return None
         try:
-            return await self._backend.stats(record.id)
+            return await self._of(record).stats(record.id)
         except (StockadeError, OSError):
             return None
 
@@ -335,12 +383,6 @@ class SandboxService:
 
     def _spec(self, sandbox_id: str, request: EnvironmentRequest) -> SandboxSpec:
         settings = self._settings
-        backend = RUNTIME_CLASSES.get(request.runtime_class)
-        if backend is None or backend != self._backend.name:
-            raise InvalidInput(
-                f"Unknown runtime_class {request.runtime_class!r}; this daemon offers "
-                f"'{self._backend.name}' (asked for as 'runc', or by leaving it out)."
-            )
         if request.allow_privilege_escalation or request.privileged:
             raise InvalidInput("Privilege escalation and privileged sandboxes are never allowed.")
         if request.run_as_non_root and request.run_as_user == 0:
@@ -396,8 +438,7 @@ class SandboxService:
             raise InvalidInput("timeout must be a positive number of seconds.")
         sandbox_id = f"env-{secrets.token_hex(6)}"
         spec = self._spec(sandbox_id, request)
-        if self._available is not None:
-            raise Unavailable(f"Sandboxes are unavailable: {self._available}")
+        backend = self.choose(request.runtime_class)
         if len(self._live) + self._creating >= self._settings.sandbox_max:
             raise Unavailable(
                 f"This daemon already runs its maximum of {self._settings.sandbox_max} sandboxes."
@@ -408,7 +449,7 @@ class SandboxService:
             owner_id=principal.user_id,
             name=request.name,
             image=request.image,
-            backend=self._backend.name,
+            backend=backend,
             status="pending",
             status_reason=None,
             spec=dict(request.raw),
@@ -432,8 +473,9 @@ class SandboxService:
         """Start the sandbox, then write its row once, as running or failed. (Its row is
         not needed before: a sandbox is never acknowledged before it runs, and whatever
         a crash in between leaves on the host, ``recover`` removes.)"""
+        backend = self._of(record)
         try:
-            info = await self._backend.create(spec)
+            info = await backend.create(spec)
         except (SandboxError, OSError) as exc:
             logger.error("sandbox %s did not start: %s", record.id, exc)
             failed = _replace(
@@ -454,12 +496,12 @@ class SandboxService:
         try:
             await self._store.sandboxes.create(running)
         except BaseException:
-            await self._backend.destroy(record.id)
+            await backend.destroy(record.id)
             raise
         self._live[record.id] = running
         self._expiry[record.id] = time.monotonic() + record.timeout_seconds
-        self._metrics.observe_spawn(self._backend.name, info.spawn_time_ms / 1000)
-        self._metrics.active_sandboxes.labels(self._backend.name).set(len(self._live))
+        self._metrics.observe_spawn(backend.name, info.spawn_time_ms / 1000)
+        self._count(backend.name)
         self._publish("sandbox.running", running)
         return running
 
@@ -502,7 +544,7 @@ class SandboxService:
         what is left of it (its logs)."""
         record = await self._reach(principal, sandbox_id, Permission.ADMIN)
         if record.status not in LIVE:
-            await self._backend.destroy(record.id)
+            await self._of(record).destroy(record.id)
             return
         if record.id in self._ending:
             return
@@ -511,7 +553,7 @@ class SandboxService:
         self._expiry.pop(record.id, None)
         grace = 0.0 if force else DELETE_GRACE
         if not grace:
-            self._backend.kill(record.id)
+            self._of(record).kill(record.id)
         task = asyncio.get_running_loop().create_task(
             self._destroy(record, "Deleted.", grace=grace)
         )
@@ -532,12 +574,12 @@ class SandboxService:
         row that says running (settled as failed at the next start) or one that says
         terminated with remains on the host, which the next start's recovery removes."""
         if record.status not in LIVE:
-            await self._backend.destroy(record.id, grace=grace)
+            await self._of(record).destroy(record.id, grace=grace)
             return
         self._live[record.id] = _replace(record, status="terminating")
         try:
             destroyed, recorded = await asyncio.gather(
-                self._backend.destroy(record.id, grace=grace),
+                self._of(record).destroy(record.id, grace=grace),
                 self._store.sandboxes.update(
                     record.id,
                     only_from=list(LIVE),
@@ -555,10 +597,15 @@ class SandboxService:
                 raise outcome
 
     def _forget(self, sandbox_id: str) -> None:
-        self._live.pop(sandbox_id, None)
+        record = self._live.pop(sandbox_id, None)
         self._expiry.pop(sandbox_id, None)
         self._cpu_samples.pop(sandbox_id, None)
-        self._metrics.active_sandboxes.labels(self._backend.name).set(len(self._live))
+        if record is not None:
+            self._count(record.backend)
+
+    def _count(self, backend: str) -> None:
+        live = sum(1 for r in self._live.values() if r.backend == backend)
+        self._metrics.active_sandboxes.labels(backend).set(live)
 
     def _on_lost(self, sandbox_id: str, reason: str) -> None:
         """A sandbox stopped by itself (its agent died): fail it and clean up."""
@@ -569,7 +616,7 @@ class SandboxService:
         self._spawn(self._fail(record, f"The sandbox stopped unexpectedly: {reason}"))
 
     async def _fail(self, record: Sandbox, reason: str) -> None:
-        await self._backend.destroy(record.id)
+        await self._of(record).destroy(record.id)
         await self._store.sandboxes.update(
             record.id,
             only_from=list(LIVE),
@@ -610,9 +657,9 @@ class SandboxService:
         cwd: str | None = None,
         stdin: bytes | None = None,
     ) -> ExecResult:
-        await self._running(principal, sandbox_id, Permission.WRITE)
+        record = await self._running(principal, sandbox_id, Permission.WRITE)
         _check_command(argv)
-        events = self._backend.exec(
+        events = self._of(record).exec(
             sandbox_id, list(argv), env=env, cwd=cwd, timeout=timeout, stdin=stdin
         )
         try:
@@ -628,35 +675,37 @@ class SandboxService:
         stdin: AsyncIterator[bytes],
     ) -> AsyncGenerator[ExecEvent, None]:
         """An interactive process (a shell by default) fed from ``stdin``."""
-        await self._running(principal, sandbox_id, Permission.WRITE)
+        record = await self._running(principal, sandbox_id, Permission.WRITE)
         _check_command(argv)
-        return self._backend.exec(sandbox_id, list(argv), stdin=stdin)
+        return self._of(record).exec(sandbox_id, list(argv), stdin=stdin)
 
     async def logs(
         self, principal: Principal, sandbox_id: str, *, tail: int | None, follow: bool
     ) -> AsyncIterator[LogLine]:
-        await self._reach(principal, sandbox_id, Permission.READ)
-        return self._backend.logs(sandbox_id, tail=tail, follow=follow and sandbox_id in self._live)
+        record = await self._reach(principal, sandbox_id, Permission.READ)
+        return self._of(record).logs(
+            sandbox_id, tail=tail, follow=follow and sandbox_id in self._live
+        )
 
     async def download(
         self, principal: Principal, sandbox_id: str, path: str
     ) -> bytes | list[FileEntry]:
         """The file at ``path``, or the entries of the directory there."""
-        await self._running(principal, sandbox_id, Permission.WRITE)
+        backend = self._of(await self._running(principal, sandbox_id, Permission.WRITE))
         target = sandbox_path(path)
         try:
-            return await self._backend.read_file(
+            return await backend.read_file(
                 sandbox_id, target, limit=self._settings.max_upload_bytes
             )
         except IsADirectory:
-            return await self._backend.list_files(sandbox_id, target)
+            return await backend.list_files(sandbox_id, target)
 
     async def write_file(
         self, principal: Principal, sandbox_id: str, path: str, data: bytes, mode: int = 0o644
     ) -> str:
-        await self._running(principal, sandbox_id, Permission.WRITE)
+        record = await self._running(principal, sandbox_id, Permission.WRITE)
         target = sandbox_path(path)
-        await self._backend.write_file(sandbox_id, target, data, mode)
+        await self._of(record).write_file(sandbox_id, target, data, mode)
         return target
 
     # For other services (tasks, jobs), which act for a sandbox's owner themselves.
@@ -669,7 +718,7 @@ class SandboxService:
         """Write a tar of ``directory`` in the sandbox to ``dest`` on the host; returns its
         size. ``tar`` runs inside the sandbox, confined like any command, and its output
         is streamed to the file, so nothing in the sandbox is read by the daemon itself."""
-        events = self._backend.exec(
+        events = self._of(sandbox_id).exec(
             sandbox_id, ["tar", "-C", directory, "-cf", "-", "."], timeout=ARCHIVE_TIMEOUT
         )
         size = 0
@@ -701,7 +750,7 @@ class SandboxService:
                 while chunk := data.read(1 << 16):
                     yield chunk
 
-        events = self._backend.exec(
+        events = self._of(sandbox_id).exec(
             sandbox_id,
             ["tar", "-C", directory, "-xf", "-"],
             stdin=chunks(),

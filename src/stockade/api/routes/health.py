@@ -40,6 +40,11 @@ class HealthOut(BaseModel):
         description="api, database, store, backend, os, python, llm and llm_model"
     )
     capacity: Capacity
+    backends: dict[str, str] = Field(
+        description="Each sandbox backend this daemon offers: ok, or why it is unavailable "
+        "(e.g. gvisor: unavailable (runsc not installed))",
+        examples=[{"namespace": "ok", "gvisor": "ok"}],
+    )
 
 
 @router.get(
@@ -68,6 +73,7 @@ async def _health(request: Request, response: Response) -> HealthOut:
         active_vms=health.active_vms,
         services=health.services,
         capacity=Capacity.model_validate(health.capacity),
+        backends=health.backends,
     )
 
 
