@@ -151,6 +151,7 @@ class JobRequest:
     cron: str | None = None
     idempotent: bool = False
     timeout_seconds: int | None = None
+    runtime_class: str | None = None  # ours: the backend its sandboxes run on
 
 
 @dataclass(frozen=True, slots=True)
@@ -477,7 +478,7 @@ class JobService:
         self, job: Job
     ) -> tuple[str, dict[str, Any] | None, str | None, str, datetime | None]:
         principal = acting_for(job.owner_id)
-        label = JobLabel(job.task_id, job.id, job.timeout_seconds)
+        label = JobLabel(job.task_id, job.id, job.timeout_seconds, job.runtime_class)
         runner = await self.runners.take(principal, label)
         try:
             runner.send(job.task_id, job.body)
@@ -554,6 +555,7 @@ class JobService:
                 env={"OMNIMIND_WORKSPACE": HOME, "STOCKADE_JOB": job.task_id},
                 timeout=job.timeout_seconds + 120,
                 raw={"job": job.task_id},
+                runtime_class=job.runtime_class,
             ),
         )
         if record.status != "running":
@@ -604,6 +606,8 @@ class JobService:
             raise InvalidInput(f"{'agent_task' if kind == 'agent' else kind} must not be empty.")
         if kind == "code":
             check_code(body)
+        if request.runtime_class:
+            self._sandboxes.choose(request.runtime_class)
         repeat = _repeat(request)
         if request.cron is not None and not croniter.is_valid(request.cron):
             raise InvalidInput(f"cron {request.cron!r} is not a valid cron expression.")
@@ -629,6 +633,7 @@ class JobService:
             last_result=None,
             next_run_at=None,
             created_at=now,
+            runtime_class=request.runtime_class or None,
         )
         # A cron job first runs at its next time; any other job at once.
         first = self.following(job, now) if request.cron else now

@@ -5,7 +5,8 @@ starting Python in it is most of the time between a job being due and its code s
 (about 20 ms of 30, measured with ``bench/jobs.py``), so that part is done ahead:
 
 - When a run of an owner's code job begins, one more runner is started for that owner in
-  the background (``STOCKADE_JOBS_WARM_RUNNERS`` per owner; 0 turns this off). It is an
+  the background (``STOCKADE_JOBS_WARM_RUNNERS`` per owner and backend, as the job's
+  ``runtime_class`` chooses; 0 turns this off). It is an
   ordinary sandbox of the owner's, named ``job-runner`` and labelled
   ``stockade.job-runner=warm``, whose runner waits on its stdin.
 - The owner's next run takes it: the job's id and code are written to the waiting
@@ -36,6 +37,8 @@ from stockade.services.principal import Principal
 from stockade.services.sandboxes import EnvironmentRequest, SandboxService
 
 logger = logging.getLogger("stockade.jobs")
+
+Key = tuple[str, str]  # (owner's user id, backend name)
 
 RESULT_PATH = "/tmp/.stockade-job-result.json"  # noqa: S108 - inside the sandbox
 # Each stream keeps its last LOG_LIMIT bytes: a job's logs are the end of its output.
@@ -90,6 +93,7 @@ class JobLabel:
     task_id: str
     job_id: str
     timeout: int
+    runtime_class: str | None = None
 
     @property
     def name(self) -> str:
@@ -173,8 +177,9 @@ class Runners:
         self._sandboxes = sandboxes
         self._per_owner = per_owner
         self._idle = idle
-        self._warm: dict[str, list[Runner]] = {}
-        self._starting: dict[str, int] = {}
+        # (owner, backend) -> the runners waiting, and how many are being started.
+        self._warm: dict[Key, list[Runner]] = {}
+        self._starting: dict[Key, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -190,7 +195,8 @@ class Runners:
     async def take(self, principal: Principal, job: JobLabel) -> Runner:
         """A runner for this job: a warm one of its owner's, or one started now. Either
         way another is then warmed for the owner's next run."""
-        warm = self._warm.get(principal.user_id, [])
+        key = (principal.user_id, self._sandboxes.choose(job.runtime_class))
+        warm = self._warm.get(key, [])
         runner = None
         while warm and runner is None:
             candidate = warm.pop(0)
@@ -201,15 +207,19 @@ class Runners:
             else:
                 self._spawn(self._discard(candidate))
         if runner is not None:
-            self.refill(principal)
+            self.refill(principal, job.runtime_class, key)
             return runner
         try:
             return await self._start(
-                principal, name=job.name, labels=job.labels, lifetime=job.timeout + SANDBOX_MARGIN
+                principal,
+                name=job.name,
+                labels=job.labels,
+                lifetime=job.timeout + SANDBOX_MARGIN,
+                runtime_class=job.runtime_class,
             )
         finally:
             # After the run's own start, which it would otherwise compete with.
-            self.refill(principal)
+            self.refill(principal, job.runtime_class, key)
 
     async def claim(self, runner: Runner, job: JobLabel) -> None:
         """Give a warm runner's sandbox the job's name, labels and timeout."""
@@ -226,13 +236,12 @@ class Runners:
         """Delete a runner's sandbox (shielded: a cancelled run still leaves nothing)."""
         await asyncio.shield(self._discard(runner))
 
-    def refill(self, principal: Principal) -> None:
-        owner = principal.user_id
-        have = len(self._warm.get(owner, [])) + self._starting.get(owner, 0)
+    def refill(self, principal: Principal, runtime_class: str | None, key: Key) -> None:
+        have = len(self._warm.get(key, [])) + self._starting.get(key, 0)
         if self._closed or have >= self._per_owner:
             return
-        self._starting[owner] = self._starting.get(owner, 0) + 1
-        self._spawn(self._warm_up(principal))
+        self._starting[key] = self._starting.get(key, 0) + 1
+        self._spawn(self._warm_up(principal, runtime_class, key))
 
     async def drain(self) -> None:
         """Destroy every warm runner (the scheduler stopped, or the daemon is stopping)."""
@@ -251,8 +260,7 @@ class Runners:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.drain()
 
-    async def _warm_up(self, principal: Principal) -> None:
-        owner = principal.user_id
+    async def _warm_up(self, principal: Principal, runtime_class: str | None, key: Key) -> None:
         runner = None
         try:
             runner = await self._start(
@@ -260,30 +268,31 @@ class Runners:
                 name="job-runner",
                 labels={"stockade.job-runner": "warm"},
                 lifetime=int(self._idle) + SANDBOX_MARGIN,
+                runtime_class=runtime_class,
                 warm=True,
             )
         except StockadeError as exc:
-            logger.warning("a warm job runner for %s did not start: %s", owner, exc)
+            logger.warning("a warm job runner for %s did not start: %s", key, exc)
         finally:
-            self._starting[owner] -= 1
-            if not self._starting[owner]:
-                del self._starting[owner]
+            self._starting[key] -= 1
+            if not self._starting[key]:
+                del self._starting[key]
         if runner is None:
             return
         if self._closed:
             await self._discard(runner)
             return
-        self._warm.setdefault(owner, []).append(runner)
+        self._warm.setdefault(key, []).append(runner)
         runner._expiry = asyncio.get_running_loop().call_later(
-            self._idle, lambda: self._expire(owner, runner)
+            self._idle, lambda: self._expire(key, runner)
         )
 
-    def _expire(self, owner: str, runner: Runner) -> None:
-        owned = self._warm.get(owner, [])
+    def _expire(self, key: Key, runner: Runner) -> None:
+        owned = self._warm.get(key, [])
         if runner in owned:
             owned.remove(runner)
             if not owned:
-                del self._warm[owner]
+                del self._warm[key]
             self._spawn(self._discard(runner))
 
     async def _start(
@@ -293,6 +302,7 @@ class Runners:
         name: str,
         labels: dict[str, str],
         lifetime: int,
+        runtime_class: str | None,
         warm: bool = False,
     ) -> Runner:
         record = await self._sandboxes.create(
@@ -303,6 +313,7 @@ class Runners:
                 env={"OMNIMIND_WORKSPACE": HOME},
                 timeout=lifetime,
                 raw={"job_runner": True},
+                runtime_class=runtime_class,
             ),
         )
         if record.status != "running":

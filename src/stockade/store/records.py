@@ -80,6 +80,7 @@ class Task:
     started_at: datetime | None
     finished_at: datetime | None
     active_seconds: float = 0.0
+    runtime_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,7 @@ class Job:
     last_result: dict[str, Any] | None
     next_run_at: datetime | None
     created_at: datetime
+    runtime_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,7 @@ tasks = sa.Table(
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("active_seconds", sa.Float(), nullable=False, server_default="0"),
+    sa.Column("runtime_class", sa.String(32), nullable=True),
     sa.Index("ix_tasks_owner_id_created_at", "owner_id", "created_at"),
     sa.Index("ix_tasks_status", "status"),
 )
@@ -226,6 +227,7 @@ jobs = sa.Table(
     sa.Column("last_result", sa.JSON(), nullable=True),
     sa.Column("next_run_at", UTCDateTime(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("runtime_class", sa.String(32), nullable=True),
     sa.UniqueConstraint("owner_id", "task_id", name="uq_jobs_owner_id_task_id"),
     sa.Index("ix_jobs_next_run_at", "next_run_at"),
 )
