@@ -5,11 +5,12 @@ PYTHON      ?= python3
 BIN         := $(VENV)/bin
 # Debian packages: PostgreSQL for the store's tests, wrk for the benchmarks, curl, jq and
 # openssl for the README walk-through and the TLS test; bubblewrap and libseccomp2 for
-# the sandboxes; gcc and libc6-dev to build the static in-sandbox agent; python3-numpy so
-# the built-in `host` image runs seed 004's workflow example.
-APT_PACKAGES := postgresql wrk curl jq openssl bubblewrap libseccomp2 gcc libc6-dev python3-numpy
+# the sandboxes; runsc (gVisor) for the `gvisor` backend; gcc and libc6-dev to build the
+# static in-sandbox agent; python3-numpy so the built-in `host` image runs seed 004's
+# workflow example.
+APT_PACKAGES := postgresql wrk curl jq openssl bubblewrap libseccomp2 runsc gcc libc6-dev python3-numpy
 
-.PHONY: install system-packages run test lint typecheck bench clean
+.PHONY: install system-packages run test lint typecheck proof bench clean
 
 install: system-packages $(VENV)/.installed
 
@@ -37,6 +38,13 @@ typecheck: install
 # The whole suite, against SQLite and a throw-away PostgreSQL cluster on 127.0.0.1.
 test: lint typecheck
 	scripts/with-postgres $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Issue 7's crash loop in full: 100 iterations of work, kill -9 and restart on each store
+# (`make test` runs 10). Prints the counts: iterations, kills, checks, violations.
+STOCKADE_PROOF_ITERATIONS ?= 100
+proof: install
+	STOCKADE_PROOF_ITERATIONS=$(STOCKADE_PROOF_ITERATIONS) scripts/with-postgres \
+		$(BIN)/python -m pytest -s tests/system/test_crash_loop.py
 
 bench: install
 	$(BIN)/python bench/api.py

@@ -4,7 +4,12 @@ same run (issue 3, acceptance item 7).
 Not a test: a benchmark to run by hand, as root (the ``namespace`` backend needs it).
 
     .venv/bin/python bench/sandbox.py [--cycles 200] [--execs 1000] [--concurrent 50]
-                                      [--idle 200] [--json]
+                                      [--idle 200] [--json] [--backend namespace]
+
+``--backend gvisor`` measures the ``gvisor`` backend instead, in this process and beside
+the floor ``runsc --network=none do /bin/true`` (``bench/sandbox_gvisor.py``: (a) the
+create -> first output -> destroy cycle, (b) the exec round trip, (c) memory per idle
+sandbox), with smaller defaults (30 cycles, 200 execs, 10 idle sandboxes).
 
 It starts ONE ``stockade daemon`` process (``python -m stockade daemon``: uvicorn, one
 worker, SQLite) with a temporary STOCKADE_HOME on a free loopback port, rate limits
@@ -70,6 +75,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import sandbox_gvisor
 from sandbox_floor import FLOOR_PARENT, CycleTimes, RawCycle
 
 from stockade.sandbox.cgroups import CgroupLayout, SandboxCgroup, list_sandbox_groups, remove_parent
@@ -102,13 +108,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=doc.split("\n\n", 1)[0] + "\n\n" + doc.split("\n\n", 2)[2],
         formatter_class=_Formatter,
     )
-    parser.add_argument("--cycles", type=int, default=200, help="(a) create/exec/destroy cycles")
-    parser.add_argument("--execs", type=int, default=1000, help="(b) exec round trips of `true`")
+    parser.add_argument(
+        "--backend",
+        choices=("namespace", "gvisor"),
+        default="namespace",
+        help="the sandbox backend to measure (gvisor: bench/sandbox_gvisor.py)",
+    )
+    parser.add_argument(
+        "--cycles", type=int, default=None, help="(a) create/exec/destroy cycles (200; gvisor 30)"
+    )
+    parser.add_argument(
+        "--execs", type=int, default=None, help="(b) exec round trips of `true` (1000; gvisor 200)"
+    )
     parser.add_argument("--concurrent", type=int, default=50, help="(c) creates sent at once")
     parser.add_argument(
         "--concurrent-rounds", type=int, default=3, help="(c) rounds, each beside a floor round"
     )
-    parser.add_argument("--idle", type=int, default=200, help="(d) idle sandboxes to measure")
+    parser.add_argument(
+        "--idle", type=int, default=None, help="(d) idle sandboxes to measure (200; gvisor 10)"
+    )
     parser.add_argument(
         "--pool",
         type=int,
@@ -144,6 +162,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="print the results as JSON on stdout instead of the table (progress goes to stderr)",
     )
     args = parser.parse_args(argv)
+    gvisor = args.backend == "gvisor"
+    for name, default, small in (("cycles", 200, 30), ("execs", 1000, 200), ("idle", 200, 10)):
+        if getattr(args, name) is None:
+            setattr(args, name, small if gvisor else default)
     if set(args.only) - set("abcd") or not args.only:
         parser.error("--only takes letters out of 'abcd'")
     if min(args.cycles, args.execs, args.concurrent, args.idle, args.rounds) < 1:
@@ -230,7 +252,14 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-def start_daemon(tmp: Path, password: str, sandbox_max: int, pool: int | None = None) -> Daemon:
+def start_daemon(
+    tmp: Path,
+    password: str,
+    sandbox_max: int,
+    pool: int | None = None,
+    env_extra: dict[str, str] | None = None,
+) -> Daemon:
+    """``env_extra`` (``STOCKADE_*`` variables) overrides the defaults below."""
     home = tmp / "home"
     log = tmp / "daemon.log"
     port = free_port()
@@ -245,6 +274,7 @@ def start_daemon(tmp: Path, password: str, sandbox_max: int, pool: int | None = 
         "STOCKADE_SANDBOX_MAX": str(sandbox_max),
         **({"STOCKADE_SANDBOX_POOL": str(pool)} if pool is not None else {}),
         "PYTHONUNBUFFERED": "1",
+        **(env_extra or {}),
     }
     with log.open("wb") as sink:
         # Own session: a Ctrl-C reaches this script, which then cleans up and stops it.
@@ -1016,6 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
     # process was started with it ignored, as `cmd &` does).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
+    if args.backend == "gvisor":
+        return sandbox_gvisor.main(args)
     load_before = os.getloadavg()[0]
     code, results, daemon_log = run(args)
     if code:

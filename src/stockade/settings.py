@@ -79,8 +79,15 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, ge=1024, description="Largest file uploaded into a sandbox."
     )
 
-    backend: Literal["namespace"] = Field(
-        "namespace", description="The sandbox backend: namespace (bubblewrap, cgroups, seccomp)."
+    backend: Literal["namespace", "gvisor"] = Field(
+        "namespace",
+        description="The default sandbox backend: namespace (bubblewrap, cgroups, seccomp) or "
+        "gvisor (runsc). A sandbox, task or job may ask for the other with runtime_class.",
+    )
+    gvisor_platform: Literal["systrap", "ptrace", "kvm"] | None = Field(
+        None,
+        description="runsc's platform for the gvisor backend. Default: systrap where this "
+        "runsc has it, else ptrace; kvm only when asked for.",
     )
     run_dir: Path = Field(
         Path("/run/stockade"),

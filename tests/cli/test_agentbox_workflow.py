@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import httpx
+import pytest
 
 from stockade.sandbox.cgroups import CgroupLayout
 from stockade.testing import ADMIN_PASSWORD, daemon_process, sse_sandbox_event
@@ -17,19 +18,30 @@ from tests.seeds import fenced_block, run_script, seed_text
 PIP_STEP = re.compile(r'echo "Installing dependencies\.\.\."\ncurl .*?\| jq\n', re.DOTALL)
 
 
-def workflow(server: str, token: str) -> str:
+SEED_TIMEOUT = '    "timeout": 1800\n'
+
+
+def workflow(server: str, token: str, runtime_class: str | None = None) -> str:
+    """The seed's script with the allowed edits; with ``runtime_class``, also the issue's
+    one: ``"isolation": {"runtime_class": ...}`` added to the create body."""
     script = fenced_block(seed_text("004"), "## Complete Workflow Example")
     edited = script.replace('SERVER="https://your-server/api/v1"', f'SERVER="{server}/api/v1"')
     edited = edited.replace('TOKEN="your-jwt-token"', f'TOKEN="{token}"')
     edited = edited.replace('"image": "python:3.11-slim"', '"image": "host"')
     edited, removed = PIP_STEP.subn("", edited)
     assert removed == 1, "the seed's pip install step was not found"
-    # Only the three allowed edits: every other line of the seed is still there.
+    if runtime_class is not None:
+        assert edited.count(SEED_TIMEOUT) == 1
+        isolation = f'    "isolation": {{"runtime_class": "{runtime_class}"}}\n'
+        isolation = '    "timeout": 1800,\n' + isolation
+        edited = edited.replace(SEED_TIMEOUT, isolation)
+    # Only the allowed edits: every other line of the seed is still there.
     kept = [line for line in script.splitlines() if line not in edited.splitlines()]
     assert all(
         "your-server" in k
         or "your-jwt-token" in k
         or "python:3.11-slim" in k
+        or (runtime_class is not None and k == SEED_TIMEOUT.rstrip("\n"))
         or k in removed_lines(script)
         for k in kept
     ), kept
@@ -42,7 +54,8 @@ def removed_lines(script: str) -> list[str]:
     return match.group(0).splitlines()
 
 
-def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime_class", [None, "gvisor"], ids=["default", "gvisor"])
+def test_seed_004_workflow_runs_unchanged(tmp_path: Path, runtime_class: str | None) -> None:
     home = tmp_path / "state"
     env = {"STOCKADE_ADMIN_PASSWORD": ADMIN_PASSWORD}
     with daemon_process(home, env=env) as daemon:
@@ -60,7 +73,7 @@ def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
             headers=headers,
             timeout=30,
         ) as events:
-            result = run_script(workflow(daemon.url, token))
+            result = run_script(workflow(daemon.url, token, runtime_class))
             created = re.search(r"Created environment: (env-[0-9a-f]+)", result.stdout)
             assert created, result.stdout + result.stderr
             # The DELETE answered at once; the host is cleaned, then this is published.
@@ -79,6 +92,10 @@ def test_seed_004_workflow_runs_unchanged(tmp_path: Path) -> None:
             f"{daemon.url}/api/v1/environments/{env_id.group(1)}", headers=headers
         ).json()
         assert after["status"] == "terminated"
+        # It ran on the backend asked for: the one whose spawn was counted.
+        metrics = httpx.get(f"{daemon.url}/metrics", headers=headers).text
+        backend = "gvisor" if runtime_class else "namespace"
+        assert f'vm_spawn_time_seconds_count{{backend="{backend}"}} 1.0' in metrics, metrics
         layout = CgroupLayout.detect()
         leftovers = [
             group

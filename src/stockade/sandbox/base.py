@@ -151,6 +151,12 @@ class SandboxBackend(ABC):
     async def close(self) -> None:  # noqa: B027 - optional for a backend
         """Destroy every sandbox this backend runs: the daemon is stopping."""
 
+    def has_remains(self) -> bool:
+        """Whether a previous run may have left something of this backend on the host
+        (a daemon starts and recovers such a backend at once; others when first used).
+        Cheap; True when the backend cannot tell."""
+        return True
+
     @abstractmethod
     def unavailable_reason(self) -> str | None:
         """Why this backend cannot run on this host (e.g. "bwrap not installed"), or None

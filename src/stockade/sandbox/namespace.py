@@ -286,6 +286,15 @@ class NamespaceBackend(SandboxBackend):
             self._ready = False
         self._closing = False
 
+    def has_remains(self) -> bool:
+        if self._root.exists():
+            return True
+        try:
+            roots = CgroupLayout.detect().roots()
+        except (OSError, SandboxError):
+            return False
+        return any((root / self._parent).exists() for root in roots)
+
     def _mount_root(self) -> None:
         """The run directory of this daemon is a small tmpfs of its own: the host's /run
         may be a disk (here it is ext4 mounted with ``discard``, where one rmdir takes

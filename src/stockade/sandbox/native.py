@@ -1,4 +1,5 @@
-"""The in-sandbox agent (``native/agent.c``, see docs/agent-protocol.md), built on demand.
+"""The in-sandbox agent (``native/agent.c``, see docs/agent-protocol.md), built on demand,
+and the ``gvisor`` backend's preloaded fix (``native/statx_fix.c``, see its comment).
 
 The binary is named after a digest of its source, so an edited ``agent.c`` is rebuilt and a
 running daemon never execs a half-written file: the compiler writes a temporary file in the
@@ -23,6 +24,7 @@ from stockade.sandbox.base import SandboxError
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 BUILD_DIR = NATIVE_DIR / "build"
 CFLAGS = ("-O2", "-static", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-s")
+SHARED_CFLAGS = ("-O2", "-shared", "-fPIC", "-std=gnu11", "-Wall", "-Wextra", "-Werror", "-s")
 
 
 def agent_source() -> Path:
@@ -32,9 +34,17 @@ def agent_source() -> Path:
 
 def agent_binary() -> Path:
     """The compiled agent for the current source, built first when missing."""
-    source = agent_source()
+    return _built(agent_source(), "stockade-agent", CFLAGS)
+
+
+def statx_fix_library() -> Path:
+    """The compiled ``statx_fix.so`` for the current source, built first when missing."""
+    return _built(NATIVE_DIR / "statx_fix.c", "statx-fix", SHARED_CFLAGS, suffix=".so")
+
+
+def _built(source: Path, name: str, flags: tuple[str, ...], *, suffix: str = "") -> Path:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    binary = BUILD_DIR / f"stockade-agent-{digest}"
+    binary = BUILD_DIR / f"{name}-{digest}{suffix}"
     if binary.exists():
         return binary
     try:
@@ -42,20 +52,20 @@ def agent_binary() -> Path:
         with (BUILD_DIR / ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             if not binary.exists():  # another process may have built it while we waited
-                _compile(source, binary)
+                _compile(source, binary, flags)
     except OSError as exc:
-        raise SandboxError(f"cannot build the sandbox agent in {BUILD_DIR}: {exc}") from exc
+        raise SandboxError(f"cannot build the sandbox's {name} in {BUILD_DIR}: {exc}") from exc
     return binary
 
 
-def _compile(source: Path, binary: Path) -> None:
+def _compile(source: Path, binary: Path, flags: tuple[str, ...]) -> None:
     fd, name = tempfile.mkstemp(prefix=f".{binary.name}-", dir=BUILD_DIR)
     os.close(fd)
     partial = Path(name)
     try:
         try:
             done = subprocess.run(  # noqa: S603 - every argument is ours
-                ["gcc", *CFLAGS, "-o", str(partial), str(source)],  # noqa: S607 - gcc on PATH
+                ["gcc", *flags, "-o", str(partial), str(source)],  # noqa: S607 - gcc on PATH
                 capture_output=True,
                 text=True,
                 check=False,
@@ -78,6 +88,7 @@ def _compile(source: Path, binary: Path) -> None:
 
 def main() -> None:
     print(agent_binary())
+    print(statx_fix_library())
 
 
 if __name__ == "__main__":

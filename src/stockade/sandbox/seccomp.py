@@ -5,13 +5,16 @@ system calls that reach the kernel's shared state (mounts, namespaces, modules, 
 clock, keyrings, tracing, BPF), which fail with EPERM. ``ioctl(TIOCSTI)`` and
 ``ioctl(TIOCLINUX)``, which push keystrokes into a terminal outside the sandbox, are
 refused by a masked compare on the request number, so no 64-bit trick gets past it.
-bubblewrap loads the program from a file descriptor (``--seccomp FD``).
+bubblewrap loads the program from a file descriptor (``--seccomp FD``); the ``gvisor``
+backend hands the same rules to runsc as the OCI profile of ``oci_profile``.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
+from typing import Any
 
 import pyseccomp
 
@@ -88,3 +91,25 @@ def program_fd(program: bytes) -> int:
     os.write(fd, program)
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def oci_profile(denied: Sequence[str] = DENIED) -> dict[str, Any]:
+    """The same rules (for ``denied`` system calls) as an OCI ``linux.seccomp`` profile,
+    for runsc's ``--oci-seccomp`` (gVisor's Sentry enforces it on the sandbox's
+    processes). runsc 0.0~20221219 ignores ``errnoRet`` and answers EPERM, which is what
+    these rules return anyway."""
+    refuse = {"action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM}
+    rules: list[dict[str, Any]] = [{"names": list(denied), **refuse}]
+    for request in (TIOCSTI, TIOCLINUX):
+        masked = {
+            "index": 1,
+            "value": _LOW_32_BITS,
+            "valueTwo": request,
+            "op": "SCMP_CMP_MASKED_EQ",
+        }
+        rules.append({"names": ["ioctl"], "args": [masked], **refuse})
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": rules,
+    }

@@ -19,6 +19,7 @@ from stockade.events import EventBus
 from stockade.metrics import Metrics
 from stockade.policy import DEFAULT_POLICY, load_policy
 from stockade.sandbox.base import SandboxBackend
+from stockade.sandbox.gvisor import GvisorBackend
 from stockade.sandbox.namespace import NamespaceBackend, instance_name
 from stockade.services.auth import AuthService
 from stockade.services.health import HealthService
@@ -47,6 +48,13 @@ def make_backends(settings: Settings, home: Path) -> dict[str, SandboxBackend]:
             instance=instance_name(home),
             default_pids=settings.sandbox_pids,
             pool_size=settings.sandbox_pool,
+        ),
+        "gvisor": GvisorBackend(
+            settings.run_dir,
+            home / "sandboxes",
+            instance=instance_name(home),
+            default_pids=settings.sandbox_pids,
+            platform=settings.gvisor_platform,
         ),
     }
 

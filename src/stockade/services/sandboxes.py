@@ -181,6 +181,8 @@ class SandboxService:
         # Why each backend cannot run sandboxes here (None: it can).
         self._unavailable: dict[str, str | None] = dict.fromkeys(backends, "not started")
         self._creating = 0
+        self._prepared: set[str] = set()  # backends started
+        self._preparing = asyncio.Lock()
         for backend in backends.values():
             backend.on_lost = self._on_lost
 
@@ -235,23 +237,25 @@ class SandboxService:
     # Start and stop.
 
     async def start(self) -> None:
-        """Prepare the backends, settle sandboxes a previous run left, start the reaper."""
+        """Prepare the default backend, and any other that a previous run left something
+        of; settle sandboxes a previous run left; start the reaper. Another backend is
+        prepared when its first sandbox is made."""
         leftover = await self._store.sandboxes.live(instance=self._instance)
         for name, backend in self._backends.items():
             reason = backend.unavailable_reason()
-            if reason is None:
-                try:
-                    await backend.start()
-                except (SandboxError, OSError) as exc:
-                    reason = str(exc)
             self._unavailable[name] = reason
             if reason is not None:
                 log = logger.warning if name == self._default else logger.info
                 log("the %s backend is unavailable: %s", name, reason)
                 continue
-            recovery = await backend.recover([r.id for r in leftover if r.backend == name])
-            if recovery.cleaned:
-                logger.info("removed what %d %s sandboxes left", len(recovery.cleaned), name)
+            known = [r.id for r in leftover if r.backend == name]
+            if name != self._default and not known and not backend.has_remains():
+                continue
+            if await self._prepare(name):
+                recovery = await backend.recover(known)
+                if recovery.cleaned:
+                    logger.info("removed what %d %s sandboxes left", len(recovery.cleaned), name)
+
         now = datetime.now(UTC)
         # A delete that was answered (the row says terminating) ends terminated, as its
         # caller was told; the others were running when the daemon died.
@@ -275,6 +279,20 @@ class SandboxService:
             self._publish("sandbox.failed", record)
         self._reaper = asyncio.get_running_loop().create_task(self._reap())
 
+    async def _prepare(self, name: str) -> bool:
+        """Start a backend once; False (and it is unavailable) when it cannot start."""
+        async with self._preparing:
+            if name in self._prepared:
+                return True
+            try:
+                await self._backends[name].start()
+            except (SandboxError, OSError) as exc:
+                self._unavailable[name] = str(exc)
+                logger.warning("the %s backend did not start: %s", name, exc)
+                return False
+            self._prepared.add(name)
+            return True
+
     async def stop(self) -> None:
         """Destroy this daemon's sandboxes: nothing of them outlives it."""
         if self._reaper:
@@ -286,9 +304,8 @@ class SandboxService:
         if self._ending:  # deletes already answered: let them finish and be recorded
             await asyncio.wait(list(self._ending.values()), timeout=DELETE_GRACE + 5)
         ids = list(self._live)
-        for name, backend in self._backends.items():
-            if self._unavailable[name] is None:
-                await backend.close()
+        for name in self._prepared:
+            await self._backends[name].close()
         await self._store.sandboxes.mark_many(
             ids, status="terminated", reason="The daemon stopped.", at=datetime.now(UTC)
         )
@@ -475,6 +492,8 @@ class SandboxService:
         a crash in between leaves on the host, ``recover`` removes.)"""
         backend = self._of(record)
         try:
+            if record.backend not in self._prepared and not await self._prepare(record.backend):
+                raise SandboxError(self._unavailable[record.backend] or "it did not start")
             info = await backend.create(spec)
         except (SandboxError, OSError) as exc:
             logger.error("sandbox %s did not start: %s", record.id, exc)
