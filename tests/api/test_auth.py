@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import json
 from datetime import UTC, datetime, timedelta
 
 import jwt
 import pytest
 
 from stockade.testing import ADMIN_PASSWORD, JWT_SECRET, TestApp, basic_auth, bearer
+from tests.principals import forged_jwt
 from tests.problems import assert_problem
 
 
@@ -67,14 +66,6 @@ async def test_me_with_each_credential_form(stockade: TestApp, admin_token: str)
         assert body["auth_method"] == method
 
 
-def _forged(claims: dict[str, object], header: dict[str, str]) -> str:
-    def part(value: dict[str, object]) -> str:
-        raw = json.dumps(value, default=str).encode()
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-    return f"{part(header)}.{part(claims)}."
-
-
 async def test_refused_credentials_are_401_problems(stockade: TestApp) -> None:
     admin_id = (await stockade.services.store.users.get_by_username("admin")).id  # type: ignore[union-attr]
     now = datetime.now(UTC)
@@ -88,7 +79,7 @@ async def test_refused_credentials_are_401_problems(stockade: TestApp) -> None:
         JWT_SECRET,
         algorithm="HS256",
     )
-    alg_none = _forged(
+    alg_none = forged_jwt(
         {
             "sub": admin_id,
             "iss": "stockade",
@@ -248,3 +239,20 @@ async def test_only_admins_create_users(stockade: TestApp, admin_token: str) -> 
         json={"username": "bob", "password": "bob-password"},
     )
     assert_problem(duplicate, 409, error="conflict", detail="User 'bob' already exists")
+
+
+async def test_several_authorization_headers_are_refused(
+    stockade: TestApp, admin_token: str
+) -> None:
+    """A proxy in front may read another of them than the daemon would; the daemon took
+    the first one (issue 7's abuse tests found it)."""
+    valid = ("Authorization", f"Bearer {admin_token}")
+    for headers in ([valid, ("Authorization", "Bearer x")], [("Authorization", "Bearer x"), valid]):
+        response = await stockade.client.get("/api/v1/auth/me", headers=headers)
+        assert_problem(
+            response,
+            401,
+            error="unauthorized",
+            detail="Several Authorization headers; send exactly one",
+        )
+    assert (await stockade.client.get("/api/v1/auth/me", headers=[valid])).status_code == 200

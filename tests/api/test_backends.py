@@ -10,7 +10,14 @@ from typing import Any
 
 import pytest
 
-from stockade.testing import ADMIN_PASSWORD, TestApp, basic_auth, make_settings, running_app
+from stockade.testing import (
+    ADMIN_PASSWORD,
+    TestApp,
+    basic_auth,
+    make_settings,
+    running_app,
+    task_event,
+)
 from tests.problems import assert_problem
 
 AUTH = basic_auth("admin", ADMIN_PASSWORD)
@@ -107,3 +114,54 @@ async def test_a_backend_that_cannot_run_here_says_why(
         assert "runsc not installed" in str(problem["detail"])
         # The default backend is unaffected.
         await create(app)
+
+
+async def test_tasks_and_jobs_run_on_the_backend_they_name(stockade: TestApp) -> None:
+    events = stockade.services.events.subscribe(["task.", "job."])
+    try:
+        made = await stockade.client.post(
+            "/api/v1/tasks",
+            json={"description": "run cat /proc/version", "runtime_class": "gvisor"},
+            headers=AUTH,
+        )
+        assert made.status_code == 201, made.text
+        assert made.json()["runtime_class"] == "gvisor"
+        await task_event(events, "task.completed", made.json()["id"], within=60)
+        task_url = f"/api/v1/tasks/{made.json()['id']}"
+        task = (await stockade.client.get(task_url, headers=AUTH)).json()
+        assert task["result"]["exit_code"] == 0, task
+        assert "Linux version" in task["result"]["output"], task
+        assert HOST_KERNEL.strip() not in task["result"]["output"], task
+
+        job = {
+            "task_id": "kernel",
+            "name": "kernel",
+            "priority": "CRITICAL",
+            "code": "def execute():\n    return {'kernel': open('/proc/version').read()}",
+            "runtime_class": "gvisor",
+        }
+        added = await stockade.client.post("/daemon/tasks/add", json=job, headers=AUTH)
+        assert added.status_code == 200, added.text
+        await task_event(events, "job.run.completed", "kernel", within=60)
+        (run,) = (await stockade.client.get("/daemon/tasks/kernel/history", headers=AUTH)).json()[
+            "runs"
+        ]
+        assert run["result"]["kernel"] != HOST_KERNEL
+        detail = (await stockade.client.get("/daemon/tasks/kernel", headers=AUTH)).json()
+        assert detail["runtime_class"] == "gvisor"
+    finally:
+        events.close()
+
+
+async def test_tasks_and_jobs_refuse_an_unknown_runtime_class(stockade: TestApp) -> None:
+    task = await stockade.client.post(
+        "/api/v1/tasks", json={"description": "run true", "runtime_class": "kata"}, headers=AUTH
+    )
+    assert_problem(task, 400, error="bad_request")
+    job = {"task_id": "k", "name": "k", "priority": "LOW", "command": "true"}
+    added = await stockade.client.post(
+        "/daemon/tasks/add", json={**job, "runtime_class": "kata"}, headers=AUTH
+    )
+    assert_problem(added, 400, error="bad_request")
+    assert (await stockade.client.get("/api/v1/tasks", headers=AUTH)).json()["total"] == 0
+    assert (await stockade.client.get("/daemon/tasks", headers=AUTH)).json()["total_tasks"] == 0

@@ -25,6 +25,7 @@ from starlette.websockets import WebSocketDisconnect
 from stockade.api.app import create_app
 from stockade.services import Services
 from stockade.testing import ADMIN_PASSWORD, bearer, fast_passwords, make_settings
+from tests.principals import login, make_user
 
 PRINCIPALS = ("admin", "key_read", "key_write", "key_admin", "owner", "other")
 TARGETS = ("A", "B", "missing")
@@ -175,21 +176,6 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(settings, services=Services.build(settings, passwords=fast_passwords()))
     with TestClient(app) as test_client:
         yield test_client
-
-
-def login(client: TestClient, username: str, password: str) -> str:
-    response = client.post("/api/v1/auth/login", json={"username": username, "password": password})
-    assert response.status_code == 200, response.text
-    token: str = response.json()["token"]
-    return token
-
-
-def make_user(client: TestClient, admin: str, username: str, password: str) -> str:
-    response = client.post(
-        "/api/v1/users", json={"username": username, "password": password}, headers=bearer(admin)
-    )
-    assert response.status_code == 201, response.text
-    return login(client, username, password)
 
 
 def make_world(client: TestClient, owner: str) -> World:

@@ -3,6 +3,7 @@ capacity limit, and a daemon that stops."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +168,41 @@ async def test_a_daemon_starting_on_a_shared_store_leaves_other_daemons_sandboxe
             f"/api/v1/environments/{env_id}/exec", json={"command": ["true"]}, headers=bearer(token)
         )
         assert ran.json()["exit_code"] == 0
+
+
+async def test_a_delete_answered_before_a_crash_reads_terminated_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """Found by the crash loop: a DELETE answers 204 once the row says ``terminating``;
+    a daemon killed before it wrote ``terminated`` left a row that the next start read as
+    a sandbox that was running, and marked ``failed``."""
+    settings = make_settings(tmp_path / "home")
+    async with running_app(settings) as app:
+        token = await app.login()
+        ids = [
+            (
+                await app.client.post(
+                    "/api/v1/environments", json={"name": name}, headers=bearer(token)
+                )
+            ).json()["id"]
+            for name in ("deleted", "running")
+        ]
+    # What a kill -9 leaves: one row as its delete's answer left it, one running.
+    with sqlite3.connect(settings.home / "stockade.db") as db:
+        for env_id, status in zip(ids, ("terminating", "running"), strict=True):
+            db.execute(
+                "UPDATE sandboxes SET status = ?, status_reason = NULL, finished_at = NULL "
+                "WHERE id = ?",
+                (status, env_id),
+            )
+    db.close()
+    async with running_app(settings) as app:
+        token = await app.login()
+        deleted, running = [
+            (await app.client.get(f"/api/v1/environments/{i}", headers=bearer(token))).json()
+            for i in ids
+        ]
+    assert deleted["status"] == "terminated", deleted
+    assert deleted["finished_at"] is not None
+    assert running["status"] == "failed", running
+    assert "daemon stopped" in str(running["status_reason"])

@@ -623,3 +623,37 @@ def test_a_bad_policy_file_stops_the_daemon_with_its_reason(tmp_path: Path) -> N
     policy.write_text('threshold = "sometimes"\n')
     with pytest.raises(InvalidInput, match="threshold"):
         Services.build(make_settings(tmp_path / "home", policy_file=policy))
+
+
+async def test_a_denial_stored_just_before_a_crash_is_a_step_after_the_restart(
+    tmp_path: Path,
+) -> None:
+    """Found by the crash loop: an answer stores the approval's decision, then the
+    refused step. A daemon that died in between left a task whose resume, at the next
+    start, went on without the denial among its steps (``auto, auto``)."""
+    template = old_files(tmp_path / "template", LOGS)
+    settings = make_settings(tmp_path / "home", task_template=template)
+    async with running_app(settings) as app:
+        token = await app.login()
+        events = app.services.events.subscribe(["task.", "approval."])
+        try:
+            created, approval = await waiting(app, token, events, "Delete old logs")
+        finally:
+            events.close()
+        # The answer's first write, and nothing after it, as a kill -9 would leave it.
+        stored = await app.services.store.approvals.answer(
+            approval["id"], approved=False, reason="not now", by=None, at=datetime.now(UTC)
+        )
+        assert stored.approval is not None
+        assert stored.approval.status == "denied"
+    async with running_app(settings) as app:
+        await app.services.tasks.idle()  # the start resumed the task; it has ended
+        body = await task(app, await app.login(), created["id"])
+    assert body["status"] == "completed", body
+    assert [(s["decision"], s["outcome"]) for s in body["steps"]] == [
+        ("auto", "completed"),
+        ("denied", "refused"),
+        ("auto", "completed"),
+    ]
+    assert body["steps"][1]["detail"]["reason"] == "not now"
+    assert last_output(body).split() == ["./logs/old.log", "./logs/older.log.1"]

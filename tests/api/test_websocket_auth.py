@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
+from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from stockade.api.app import create_app
@@ -51,3 +51,26 @@ def test_missing_or_bad_credentials_close_the_socket(
     ):
         ws.receive_json()
     assert closed.value.code == 1008
+
+
+def test_a_websocket_refused_with_a_status_is_counted_with_it(client: TestClient) -> None:
+    """A refusal sent as an HTTP answer before the upgrade (a missing environment's 404)
+    is counted and logged with its own status; it read 500 (issue 7)."""
+    with client:
+        token = client.post(
+            "/api/v1/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD}
+        ).json()["token"]
+        with (
+            pytest.raises(WebSocketDenialResponse) as refused,
+            client.websocket_connect(
+                "/api/v1/environments/env-000000000000/attach",
+                headers={"Authorization": f"Bearer {token}"},
+            ),
+        ):
+            pass
+        assert refused.value.status_code == 404
+        metrics = client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).text
+    route = 'route="/api/v1/environments/{env_id}/attach"'
+    counted = [line for line in metrics.splitlines() if route in line and "_total{" in line]
+    assert counted, metrics
+    assert all('status="404"' in line for line in counted), counted

@@ -51,8 +51,12 @@ def principal_of(conn: HTTPConnection) -> Principal:
 
 def authorization_of(conn: HTTPConnection) -> str | None:
     """The credential a request carries: the Authorization header, or on a WebSocket
-    the ``Authorization, Bearer <token>`` subprotocol pair."""
-    header = conn.headers.get("authorization")
+    the ``Authorization, Bearer <token>`` subprotocol pair. Several Authorization
+    headers are refused: a proxy in front may read another one than we would."""
+    found = conn.headers.getlist("authorization")
+    if len(found) > 1:
+        raise AuthenticationFailed("Several Authorization headers; send exactly one")
+    header = found[0] if found else None
     if header or conn.scope["type"] != "websocket":
         return header
     offered = [p.strip() for p in conn.headers.get("sec-websocket-protocol", "").split(",")]
@@ -68,15 +72,15 @@ async def identify(conn: HTTPConnection) -> None:
     state = conn.scope["state"]
     address = f"ip:{client_address(conn.scope)}"
     principal: Principal | None = None
-    header = authorization_of(conn)
     try:
-        if header:
-            try:
+        try:
+            header = authorization_of(conn)
+            if header:
                 principal = await services.auth.authenticate(header)
-            except AuthenticationFailed as exc:
-                state["auth_error"] = exc
-                # Guessing credentials costs from the same budget as logging in.
-                state["rate_quota"] = await limiter.hit("auth", address)
+        except AuthenticationFailed as exc:
+            state["auth_error"] = exc
+            # Guessing credentials costs from the same budget as logging in.
+            state["rate_quota"] = await limiter.hit("auth", address)
         state["principal"] = principal
         state["principal_id"] = principal.user_id if principal else None
         category = category_of(conn.scope.get("method", "GET"), conn.scope.get("route"))

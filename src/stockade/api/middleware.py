@@ -82,6 +82,8 @@ class RequestContext:
                 message["headers"] = out
             elif message["type"] == "websocket.accept":
                 status[0] = 101
+            elif message["type"] == "websocket.http.response.start":
+                status[0] = message["status"]  # refused before the upgrade, with a body
             elif message["type"] == "websocket.close" and status[0] == 500:
                 status[0] = 403  # closed before the handshake completed: refused
             await send(message)

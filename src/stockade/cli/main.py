@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import resource
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -40,6 +41,15 @@ def _settings(**overrides: Any) -> Settings:
             name = "STOCKADE_" + "_".join(str(p) for p in e["loc"]).upper()
             err.print(f"[red]error:[/] {name}: {e['msg']}")
         raise typer.Exit(2) from exc
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit on open files to the hard one. Every connection, event
+    stream and sandbox holds descriptors, and the usual soft limit of 1024 is reached by
+    a few hundred streams, after which connections were dropped unanswered."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @app.command()
@@ -87,12 +97,21 @@ def daemon(
             " else ~/.local/share/stockade.",
         ),
     ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            envvar="STOCKADE_BACKEND",
+            help="Default sandbox backend: namespace (bubblewrap) or gvisor (runsc). A sandbox,"
+            " task or job may ask for the other with runtime_class. Default: namespace.",
+        ),
+    ] = None,
 ) -> None:
     """Start the daemon. Other settings are read from STOCKADE_* variables (see README)."""
     import uvicorn
 
     from stockade import logs
     from stockade.api.app import create_app
+    from stockade.api.protocol import BoundedHeadProtocol
 
     settings = _settings(
         host=host,
@@ -103,6 +122,7 @@ def daemon(
         cors_origins=cors_origin,
         log_format=log_format,
         home=home,
+        backend=backend,
     )
     if (settings.tls_cert is None) != (settings.tls_key is None):
         err.print("[red]error:[/] --tls-cert and --tls-key must be given together")
@@ -112,6 +132,7 @@ def daemon(
             err.print(f"[red]error:[/] {path} is not a readable file")
             raise typer.Exit(2)
     logs.configure(settings.log_format, settings.log_level)
+    _raise_open_files_limit()
     try:
         fastapi_app = create_app(settings)
     except (OSError, ValueError, StockadeError) as exc:
@@ -140,6 +161,7 @@ def daemon(
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=10,
+        http=BoundedHeadProtocol,
     )
     try:
         uvicorn.Server(config).run()

@@ -526,7 +526,9 @@ class JobService:
         try:
             task = await self._tasks.create(
                 acting_for(job.owner_id),
-                TaskRequest(job.body, job.timeout_seconds, True, {"job": job.task_id}),
+                TaskRequest(
+                    job.body, job.timeout_seconds, True, {"job": job.task_id}, job.runtime_class
+                ),
             )
             while task.status not in ("completed", "failed", "cancelled"):
                 event = await subscription.get()
@@ -650,9 +652,16 @@ class JobService:
         return job
 
     async def listing(self, principal: Principal) -> list[Job]:
+        # A key limited to named environments reaches no job, as it reaches no task.
+        if principal.is_restricted:
+            return []
         return await self._store.jobs.listing(owner_id=_owner(principal))
 
     async def get(self, principal: Principal, task_id: str) -> Job:
+        """The caller's job (an admin's reach is every job); 404 for a key limited to
+        named environments, which jobs are not among."""
+        if principal.is_restricted:
+            raise NotFound(f"Task '{task_id}' does not exist.")
         found = await self._store.jobs.named(task_id, owner_id=_owner(principal))
         if not found:
             raise NotFound(f"Task '{task_id}' does not exist.")

@@ -37,6 +37,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import IntegrityError
+
 from stockade.agent.loop import AgentRunner, Decision, PendingCall, Segment
 from stockade.agent.rules import prompt_for
 from stockade.agent.tools import HOME, StepRecord, ToolDeps
@@ -68,6 +70,7 @@ class TaskRequest:
     timeout_seconds: int | None = None
     require_approval: bool = True
     metadata: Mapping[str, Any] | None = None
+    runtime_class: str | None = None  # ours: the backend of its sandbox
 
 
 def wire_status(status: str) -> str:
@@ -181,6 +184,8 @@ class TaskService:
         timeout = request.timeout_seconds or self._settings.task_timeout
         if timeout <= 0:
             raise InvalidInput("timeout_seconds must be a positive number of seconds.")
+        if request.runtime_class:
+            self._sandboxes.choose(request.runtime_class)
         now = _now()
         task = Task(
             id=str(uuid.uuid4()),
@@ -199,6 +204,7 @@ class TaskService:
             created_at=now,
             started_at=None,
             finished_at=None,
+            runtime_class=request.runtime_class or None,
         )
         await self._store.tasks.create(task)
         self._metrics.tasks.labels("pending").inc()
@@ -241,6 +247,8 @@ class TaskService:
                     f"Unknown status {status!r}; use one of {', '.join(WIRE_STATUSES)}."
                 )
             statuses = ["running", "waiting"] if status == "running" else [status]
+        if principal.is_restricted:
+            return [], 0
         return await self._store.tasks.page(
             owner_id=None if principal.is_admin else principal.user_id,
             statuses=statuses,
@@ -286,6 +294,8 @@ class TaskService:
             raise InvalidInput(
                 f"Unknown status {status!r}; use one of {', '.join(APPROVAL_STATUSES)}."
             )
+        if principal.is_restricted:
+            return []
         owner = None if principal.is_admin else principal.user_id
         if status is None:
             return await self._store.approvals.listing(owner_id=owner)
@@ -475,6 +485,7 @@ class TaskService:
         task = await self._load(task_id)
         answers: dict[str, Decision] = {}
         bound: dict[str, str] = {}
+        refused: list[Approval] = []
         for call in (task.deferred or {}).get("calls", []):
             approval_id, call_id = call["approval_id"], call["tool_call_id"]
             record = known if known is not None and known.id == approval_id else None
@@ -487,8 +498,24 @@ class TaskService:
                 status = record.status if record else "expired"
                 reason = record.reason if record else None
                 answers[call_id] = Decision(False, reason, expired=status == "expired")
+                if record is not None:
+                    refused.append(record)
+        await self._record_refusals(task_id, refused)
         self._publish_task("task.running", task)
         self._drive(task, answers, bound)
+
+    async def _record_refusals(self, task_id: str, refused: Sequence[Approval]) -> None:
+        """The refused step of each denied or expired approval whose own was lost: the
+        daemon died after the answer was stored and before its step was (the resume
+        then comes from the next start)."""
+        if not refused:
+            return
+        recorded = {s.detail.get("approval_id") for s in await self._store.tasks.steps(task_id)}
+        for record in refused:
+            if record.id not in recorded:
+                # A concurrent answer's own step took that number first: it is there.
+                with contextlib.suppress(IntegrityError):
+                    await self._refused_step(record, record.status)
 
     async def _sweep(self) -> None:
         """Expire approvals whose time has passed; their tasks resume with a denial."""
@@ -554,6 +581,7 @@ class TaskService:
             name=f"task-{task.id[:8]}",
             labels={"stockade.task": task.id},
             raw={"task_id": task.id},
+            runtime_class=task.runtime_class,
         )
         record = await self._sandboxes.create(_acting_for(task), request)
         if record.status != "running":
@@ -608,6 +636,10 @@ class TaskService:
 
     @staticmethod
     def _owns(principal: Principal, owner_id: str) -> bool:
+        """A key limited to named environments reaches no task: tasks are not among
+        them, and it may neither create tasks nor answer their approvals."""
+        if principal.is_restricted:
+            return False
         return principal.is_admin or principal.user_id == owner_id
 
     async def _load(self, task_id: str) -> Task:

@@ -75,6 +75,9 @@ class JobOut(BaseModel):
     timeout_seconds: int
     next_run_at: datetime | None = None
     last_result: dict[str, Any] | None = None
+    runtime_class: str | None = Field(
+        None, description="Ours: the backend its sandboxes run on; null for the default."
+    )
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
@@ -94,6 +97,7 @@ class JobOut(BaseModel):
             timeout_seconds=job.timeout_seconds,
             next_run_at=job.next_run_at,
             last_result=job.last_result,
+            runtime_class=job.runtime_class,
         )
 
 
@@ -144,6 +148,12 @@ class JobIn(BaseModel):
     cron: str | None = Field(None, max_length=256, description="Ours: a cron expression.")
     idempotent: bool = Field(False, description="Ours: re-run a run a crash interrupted.")
     timeout_seconds: int | None = Field(None, gt=0, le=7 * 24 * 3600)
+    runtime_class: str | None = Field(
+        None,
+        max_length=32,
+        description="Ours: the sandbox backend of its runs, as seed 004's isolation."
+        "runtime_class: runc (namespace) or gvisor; absent: the daemon's default.",
+    )
 
     def request(self) -> JobRequest:
         interval = None if self.repeat_interval is None else parse_interval(self.repeat_interval)
@@ -160,6 +170,7 @@ class JobIn(BaseModel):
             cron=self.cron,
             idempotent=self.idempotent,
             timeout_seconds=self.timeout_seconds,
+            runtime_class=self.runtime_class,
         )
 
 

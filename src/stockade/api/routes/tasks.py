@@ -50,6 +50,12 @@ class TaskIn(BaseModel):
         "(and the steps record it). Blocked actions never run.",
     )
     metadata: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    runtime_class: str | None = Field(
+        None,
+        max_length=32,
+        description="Ours: the sandbox backend, as seed 004's isolation.runtime_class: runc "
+        "(namespace) or gvisor; absent: the daemon's default.",
+    )
 
 
 class ResultOut(BaseModel):
@@ -92,6 +98,7 @@ class TaskOut(BaseModel):
     result: ResultOut | None = None
     error: ErrorOut | None = None
     steps: list[StepOut] | None = None
+    runtime_class: str | None = Field(None, description="Ours: null for the default backend.")
 
     @classmethod
     def of(cls, task: Task, steps: list[TaskStep] | None = None) -> TaskOut:
@@ -110,6 +117,7 @@ class TaskOut(BaseModel):
             result=ResultOut(**task.result) if task.result else None,
             error=ErrorOut(**task.error) if task.error else None,
             steps=None if steps is None else [_step(s) for s in steps],
+            runtime_class=task.runtime_class,
         )
 
 
@@ -181,7 +189,13 @@ async def create_task(request: Request, body: TaskIn) -> TaskOut:
     wait for an answer on ``/api/v1/approvals``; blocked actions are refused."""
     task = await services_of(request).tasks.create(
         principal_of(request),
-        TaskRequest(body.description, body.timeout_seconds, body.require_approval, body.metadata),
+        TaskRequest(
+            body.description,
+            body.timeout_seconds,
+            body.require_approval,
+            body.metadata,
+            body.runtime_class,
+        ),
     )
     return TaskOut.of(task)
 
