@@ -57,12 +57,10 @@ from stockade.sandbox.base import (
 )
 from stockade.sandbox.bwrap import HOST_IMAGE_LINKS
 from stockade.sandbox.cgroups import CgroupLayout, CgroupLimits, SandboxCgroup, list_sandbox_groups
-from stockade.sandbox.logbook import LogBook
 from stockade.sandbox.namespace import (
     AGENT_PATH,
     ALIASES,
     ETC_FILES,
-    HELLOTIMEOUT,
     HOST_ALTERNATIVES,
     IMAGES,
     SANDBOX_PATH,
@@ -337,22 +335,8 @@ class GvisorBackend(NamespaceBackend):
                 cwd="/",
                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
             )
-            live = RunningSandbox(
-                spec=spec,
-                key=key,
-                process=process,
-                group=group,
-                workspace=workspace,
-                logbook=LogBook(self._logs / f"{key}.jsonl"),
-                on_lost=self._lost,
-            )
-            assert live.hello is not None
-            try:
-                await asyncio.wait_for(asyncio.shield(live.hello), HELLOTIMEOUT)
-            except (SandboxError, TimeoutError) as exc:
-                await asyncio.sleep(0)  # let the last of runsc's stderr arrive
-                detail = live.diagnostics() or _tail(bundle_dir / "runsc.log") or str(exc)
-                raise SandboxError(f"the sandbox did not start: {detail}") from exc
+            live = self._running(spec, key, process, group, workspace)
+            await self._greeted(live, lambda: _tail(bundle_dir / "runsc.log"))
         except BaseException:
             if live is not None:
                 await self._teardown(live)

@@ -430,22 +430,8 @@ class NamespaceBackend(SandboxBackend):
                 )
             finally:
                 os.close(fd)
-            live = RunningSandbox(
-                spec=spec,
-                key=key,
-                process=process,
-                group=group,
-                workspace=workspace,
-                logbook=LogBook(self._logs / f"{key}.jsonl"),
-                on_lost=self._lost,
-            )
-            assert live.hello is not None
-            try:
-                await asyncio.wait_for(asyncio.shield(live.hello), HELLOTIMEOUT)
-            except (SandboxError, TimeoutError) as exc:
-                await asyncio.sleep(0)  # let the last of bubblewrap's stderr arrive
-                detail = live.diagnostics() or str(exc) or "no answer from the agent"
-                raise SandboxError(f"the sandbox did not start: {detail}") from exc
+            live = self._running(spec, key, process, group, workspace)
+            await self._greeted(live, lambda: None)
         except BaseException:
             if live is not None:
                 await self._teardown(live)
@@ -455,6 +441,37 @@ class NamespaceBackend(SandboxBackend):
         finally:
             self._spawning.discard(key)
         return live
+
+    def _running(
+        self,
+        spec: SandboxSpec,
+        key: str,
+        process: subprocess.Popen[bytes],
+        group: SandboxCgroup,
+        workspace: Workspace,
+    ) -> RunningSandbox:
+        """The link to a sandbox whose process (bubblewrap, runsc) was just started."""
+        return RunningSandbox(
+            spec=spec,
+            key=key,
+            process=process,
+            group=group,
+            workspace=workspace,
+            logbook=LogBook(self._logs / f"{key}.jsonl"),
+            on_lost=self._lost,
+        )
+
+    @staticmethod
+    async def _greeted(live: RunningSandbox, more: Callable[[], str | None]) -> None:
+        """Wait for the agent's HELLO; when none comes, say why: the process's last
+        words, else ``more()`` (a log of the backend's), else the error."""
+        assert live.hello is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(live.hello), HELLOTIMEOUT)
+        except (SandboxError, TimeoutError) as exc:
+            await asyncio.sleep(0)  # let the last of the process's stderr arrive
+            detail = live.diagnostics() or more() or str(exc) or "no answer from the agent"
+            raise SandboxError(f"the sandbox did not start: {detail}") from exc
 
     # The warm pool.
 
