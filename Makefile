@@ -51,6 +51,7 @@ bench: install
 	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/approvals.py
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -13,7 +13,7 @@ the same database file.
 
 Every request carries the admin's bearer token; ``ignored_auth`` sends each request
 that succeeded again, with no credentials and with wrong ones. The stateful test
-follows the links Schemathesis infers (an API key created, then revoked). A failure
+follows the schema's links (``stockade.api.links``) and those Schemathesis infers. A failure
 fails the test with Schemathesis's report and a curl line to reproduce it.
 """
 
@@ -25,60 +25,22 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from schemathesis.python import asgi
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    ignored_auth,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from stockade.api.app import create_app
 from stockade.services import Services
 from stockade.testing import ADMIN_PASSWORD, bearer, fast_passwords, make_settings
-
-UNLIMITED = "1000000/minute"
-
-CHECKS = [
-    schemathesis.checks.not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    ignored_auth,
-]
-
-HYPOTHESIS = {
-    "deadline": None,
-    # No example database: a stored example from an older schema made the stateful phase
-    # fail as "inconsistent data generation"; a run depends on the schema alone, as in CI.
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.filter_too_much],
-}
+from tests.fuzz import CHECKS, FUZZED_DAEMON, HYPOTHESIS, run_workflow
 
 HOME = Path(tempfile.mkdtemp(prefix="stockade-schemathesis-")) / "home"
 # Registered before Schemathesis registers its own exit handler, so it runs after that
 # handler has stopped the app: the directory goes even when no test here was selected.
 atexit.register(shutil.rmtree, HOME.parent, ignore_errors=True)
-SETTINGS = make_settings(
-    HOME,
-    rate_limit_auth=UNLIMITED,
-    rate_limit_creation=UNLIMITED,
-    rate_limit_exec=UNLIMITED,
-    rate_limit_other=UNLIMITED,
-    rate_limit_token=UNLIMITED,
-    # Fuzzed commands really run in sandboxes; none may hold the run for long.
-    plan_step_timeout=2,
-    task_timeout=5,
-    jobs_timeout=5,
-    jobs_stop_grace=1,
-)
+SETTINGS = make_settings(HOME, **FUZZED_DAEMON)
 APP = create_app(SETTINGS, services=Services.build(SETTINGS, passwords=fast_passwords()))
 
 # GET /api/v1/events is Server-Sent Events: the stream never ends, so each request to it
@@ -111,28 +73,9 @@ def test_api_conforms_to_its_schema(case: schemathesis.Case) -> None:
     case.call_and_validate(headers=bearer(admin_token()), checks=CHECKS)
 
 
-class APIWorkflow(schema.as_state_machine()):
+def test_api_workflow_conforms_to_its_schema() -> None:
     """Sequences of calls, each fed by an earlier response, as the admin."""
-
-    def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
-        return {"headers": bearer(admin_token())}
-
-    def validate_response(
-        self,
-        response: schemathesis.Response,
-        case: schemathesis.Case,
-        additional_checks: Any = None,
-        **kwargs: Any,
-    ) -> None:
-        # The headers are passed on so that ignored_auth knows the token was ours.
-        case.validate_response(
-            response,
-            checks=CHECKS,
-            headers=kwargs.get("headers"),
-            transport_kwargs=kwargs,
-            recorder=self.recorder,
-        )
-
-
-TestAPIWorkflow = APIWorkflow.TestCase
-TestAPIWorkflow.settings = settings(max_examples=25, stateful_step_count=6, **HYPOTHESIS)
+    run = settings(max_examples=25, stateful_step_count=6, **HYPOTHESIS)
+    outcome = run_workflow(schema, headers=lambda: bearer(admin_token()), run=run)
+    assert not outcome.failures, "\n\n".join(outcome.failures.values())
+    assert outcome.scenarios >= 25

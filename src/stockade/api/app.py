@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from stockade.api import errors
 from stockade.api.deps import identify, is_public, require_principal
+from stockade.api.links import add_links
 from stockade.api.middleware import Cors, RequestContext
 from stockade.api.ratelimit import RateLimiter
 from stockade.api.routes import (
@@ -211,6 +212,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             _describe_responses(operation["responses"])
     for name in ("HTTPValidationError", "ValidationError"):
         schema["components"]["schemas"].pop(name, None)
+    add_links(schema)
     app.openapi_schema = schema
     return schema
 
