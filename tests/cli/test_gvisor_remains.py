@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import psutil
@@ -14,6 +13,7 @@ import psutil
 from stockade.sandbox.namespace import instance_name
 from stockade.testing import ADMIN_PASSWORD, daemon_process
 from tests.cli.test_sandbox_remains import RUN_DIR, cgroup_dirs, create, login, wait_until
+from tests.sandbox.test_gvisor import runsc_list
 
 GVISOR = {"isolation": {"runtime_class": "gvisor"}}
 
@@ -32,17 +32,7 @@ def runsc_processes(root: Path) -> list[str]:
 
 def containers(root: Path) -> list[str]:
     """What ``runsc list`` knows under the backend's root ([] when the root is gone)."""
-    state = root / "runsc"
-    if not state.is_dir():
-        return []
-    listed = subprocess.run(
-        ["runsc", f"--root={state}", "list", "--quiet"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    return listed.stdout.split()
+    return runsc_list(root / "runsc") if (root / "runsc").is_dir() else []
 
 
 def mounts_under(root: Path) -> list[str]:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -75,10 +76,10 @@ async def test_the_host_pids_limit_leaves_room_for_runsc_threads(
     assert (await backend.stats(sandbox_id)).pids < 32
 
 
-def runsc_list(home: GvisorHome) -> list[str]:
-    """What runsc itself lists under the instance's root."""
+def runsc_list(state: Path) -> list[str]:
+    """What runsc itself lists under its state directory ``state``."""
     done = subprocess.run(
-        ["runsc", f"--root={home.root / 'runsc'}", "list", "--format=json"],
+        ["runsc", f"--root={state}", "list", "--format=json"],
         capture_output=True,
         text=True,
         check=True,
@@ -98,14 +99,15 @@ async def test_runsc_leaves_nothing_after_destroy_or_a_crash(
     for sandbox_id in (destroyed, crashed):
         started = await run(backend, sandbox_id, ["sh", "-c", "sleep 300 > /dev/null 2>&1 &"])
         assert started.exit_code == 0
-    assert sorted(await asyncio.to_thread(runsc_list, gvisor_home)) == sorted([destroyed, crashed])
+    listed = await asyncio.to_thread(runsc_list, gvisor_home.root / "runsc")
+    assert sorted(listed) == sorted([destroyed, crashed])
     await backend.destroy(destroyed)
     assert gvisor.sandbox_traces(gvisor_home, destroyed) == []
-    assert await asyncio.to_thread(runsc_list, gvisor_home) == [crashed]
+    assert await asyncio.to_thread(runsc_list, gvisor_home.root / "runsc") == [crashed]
     await abandon(crashed)
     # The crash leaves runsc's record of the container (runsc run was killed before it
     # could delete it), the cgroup, the storage and the bundle; no process.
-    assert await asyncio.to_thread(runsc_list, gvisor_home) == [crashed]
+    assert await asyncio.to_thread(runsc_list, gvisor_home.root / "runsc") == [crashed]
     left = gvisor.sandbox_traces(gvisor_home, crashed)
     assert not [trace for trace in left if trace.startswith("process")]
     assert {trace.split()[0] for trace in left} >= {"cgroup", "storage", "bundle", "runsc"}
@@ -114,5 +116,5 @@ async def test_runsc_leaves_nothing_after_destroy_or_a_crash(
         assert recovery.cleaned == (crashed,)
         assert recovery.adopted == ()
         assert gvisor.sandbox_traces(gvisor_home, crashed) == []
-        assert await asyncio.to_thread(runsc_list, gvisor_home) == []
+        assert await asyncio.to_thread(runsc_list, gvisor_home.root / "runsc") == []
     assert runsc_processes(str(gvisor_home.root)) == []

@@ -66,6 +66,7 @@ from stockade.sandbox.namespace import (
     SANDBOX_PATH,
     NamespaceBackend,
     _copy_host_etc,
+    cgroups_unavailable,
     storage_size,
 )
 from stockade.sandbox.native import agent_binary, statx_fix_library
@@ -156,13 +157,7 @@ class GvisorBackend(NamespaceBackend):
             return "runsc not installed: run `make install` (Debian's runsc package)"
         if self._requested_platform == "kvm" and not os.path.exists("/dev/kvm"):
             return "the kvm platform was asked for, and this host has no /dev/kvm"
-        try:
-            layout = CgroupLayout.detect()
-        except (OSError, SandboxError) as exc:
-            return f"no usable cgroup hierarchy: {exc}"
-        if not layout.v1_roots() and not layout.v2_limited():
-            return "no cgroup controllers are mounted"
-        return None
+        return cgroups_unavailable()
 
     async def start(self) -> None:
         """Prepare the run directory: the agent, the statx fix, /etc, the empty root and

@@ -228,13 +228,7 @@ class NamespaceBackend(SandboxBackend):
             Account.lookup(self._account_name)
         except SandboxError as exc:
             return exc.message
-        try:
-            layout = CgroupLayout.detect()
-        except (OSError, SandboxError) as exc:
-            return f"no usable cgroup hierarchy: {exc}"
-        if not layout.v1_roots() and not layout.v2_limited():
-            return "no cgroup controllers are mounted"
-        return None
+        return cgroups_unavailable()
 
     async def start(self) -> None:
         """Prepare the run directory, the agent, the seccomp program and /etc."""
@@ -910,6 +904,17 @@ class NamespaceBackend(SandboxBackend):
             (workspace or Workspace(self._sandboxes / name)).destroy()
         except OSError as exc:
             logger.error("cannot remove the storage of sandbox %s: %s", name, exc)
+
+
+def cgroups_unavailable() -> str | None:
+    """Why this host's cgroups cannot hold sandboxes, or None when they can."""
+    try:
+        layout = CgroupLayout.detect()
+    except (OSError, SandboxError) as exc:
+        return f"no usable cgroup hierarchy: {exc}"
+    if not layout.v1_roots() and not layout.v2_limited():
+        return "no cgroup controllers are mounted"
+    return None
 
 
 def _copy_host_etc(etc: Path) -> bool:
