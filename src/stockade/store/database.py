@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -13,6 +13,7 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import Pool
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -53,8 +54,16 @@ class Database:
         # aiosqlite hops to its thread and back for every statement, begin and commit
         # (1-4 ms per write measured under load); and with no await inside a write, the
         # writers never race for SQLite's one write lock (which, contended, retries with
-        # sleeps: single inserts took up to 0.9 s with 50 concurrent creates). Reads stay
-        # on aiosqlite: a long query must not stop the loop.
+        # sleeps: single inserts took up to 0.9 s with 50 concurrent creates).
+        #
+        # Reads run inline too. Every read is an indexed lookup or one page of at most
+        # 100 rows, whose SQLite part takes tens of microseconds; the Python that turns
+        # rows into records runs on the loop's thread either way. On aiosqlite each read
+        # was two thread hops, and under load each hop waited for the GIL (Python's 5 ms
+        # switch interval) while the loop was busy: at 200 requests/s an empty approvals
+        # list took 450 ms at the median with the daemon at 60% of a core, and the
+        # pool's overflow connections were closed and reopened, a thread each. Inline,
+        # nothing awaits while a connection is held, so one connection serves them all.
         self._inline: sa.Engine | None = None
         if self.is_sqlite and self.url.database not in (None, "", ":memory:"):
             self._inline = sa.create_engine(
@@ -64,6 +73,11 @@ class Database:
                 pool_reset_on_return=None,  # every use ends in a commit or a rollback
             )
             event.listen(self._inline, "connect", _sqlite_pragmas)
+
+    @property
+    def pool(self) -> Pool:
+        """The pool the store's reads and writes draw from."""
+        return self._inline.pool if self._inline is not None else self.engine.pool
 
     @property
     def is_sqlite(self) -> bool:
@@ -86,8 +100,15 @@ class Database:
     @asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads."""
-        async with self.engine.connect() as conn:
-            yield conn
+        if self._inline is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        with self._inline.connect() as conn:
+            try:
+                yield cast(AsyncConnection, InlineConnection(conn))
+            finally:
+                conn.rollback()  # end the read transaction: WAL keeps a snapshot open
 
     async def migrate(self) -> None:
         """Bring the schema to the newest Alembic revision."""
@@ -123,6 +144,9 @@ class InlineConnection:
 
     async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
         return self._conn.exec_driver_sql(statement, parameters)
+
+    async def run_sync(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(self._conn, *args, **kwargs)
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
