@@ -78,6 +78,12 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest file uploaded into a sandbox."
     )
+    head_timeout_seconds: float = Field(
+        20.0,
+        gt=0,
+        description="How long a client may take to send a request's line and headers;"
+        " a slower one gets 408 and its connection is closed.",
+    )
 
     backend: Literal["namespace", "gvisor"] = Field(
         "namespace",

@@ -282,6 +282,72 @@ def test_slow_loris_clients_do_not_block_others(target: Target) -> None:
     asyncio.run(scenario())
 
 
+async def answer_while_dribbling(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dribble: bytes
+) -> tuple[int, bytes]:
+    """Write ``dribble`` every 0.2 s until the daemon answers; the status, and all it
+    sent until it closed the connection."""
+    received = b""
+    async with asyncio.timeout(30):
+        while b"\r\n\r\n" not in received:
+            if dribble:
+                writer.write(dribble)
+            try:
+                chunk = await asyncio.wait_for(reader.read(4096), 0.2)
+            except TimeoutError:
+                continue
+            assert chunk, f"closed without an answer after {received!r}"
+            received += chunk
+        received += await reader.read()  # to the end: the daemon closes
+    return int(received.split(b" ", 2)[1]), received
+
+
+def test_a_head_slower_than_its_timeout_is_a_408_and_its_connection_is_closed(
+    tmp_path: Path,
+) -> None:
+    env = {
+        "STOCKADE_HEAD_TIMEOUT_SECONDS": "1",
+        "STOCKADE_SANDBOX_POOL": "0",
+        "STOCKADE_JOBS_AUTOSTART": "false",
+    }
+    with daemon_process(tmp_path / "home", env=env) as daemon:
+        port = int(daemon.url.rsplit(":", 1)[1])
+
+        async def scenario() -> None:
+            silent = await asyncio.open_connection("127.0.0.1", port)
+            dribbling = await asyncio.open_connection("127.0.0.1", port)
+            dribbling[1].write(b"GET /health HTTP/1.1\r\nHost: stockade\r\nX-Slow: a")
+            kept = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                # A kept-alive connection is timed from its next request's first byte.
+                kept[1].write(b"GET /health HTTP/1.1\r\nHost: stockade\r\n\r\n")
+                async with asyncio.timeout(10):
+                    head = await kept[0].readuntil(b"\r\n\r\n")
+                    assert head.startswith(b"HTTP/1.1 200")
+                    length = head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0]
+                    await kept[0].readexactly(int(length))
+                kept[1].write(b"GET /health HTTP/1.1\r\n")
+                answers = await asyncio.gather(
+                    answer_while_dribbling(*silent, b""),
+                    answer_while_dribbling(*dribbling, b"b"),  # each byte is not a new second
+                    answer_while_dribbling(*kept, b"X-Slow: b\r\n"),
+                )
+            finally:
+                for _, writer in (silent, dribbling, kept):
+                    writer.close()
+            for status, received in answers:
+                assert status == 408
+                assert b"connection: close" in received
+                assert b'"error": "request_timeout"' in received
+                assert b"did not arrive within 1 s" in received
+            # Meanwhile, and after, others are served.
+            async with httpx.AsyncClient(base_url=daemon.url, timeout=10) as client:
+                assert (await client.get("/health")).status_code == 200
+
+        asyncio.run(scenario())
+        assert "Traceback" not in daemon.output()
+
+
 # Open streams.
 
 STREAM_KEYS = 12  # each key opens fewer streams than its per-second and per-minute windows

@@ -165,7 +165,7 @@ def daemon(
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=10,
-        http=BoundedHeadProtocol,
+        http=BoundedHeadProtocol.configured(head_timeout=settings.head_timeout_seconds),
     )
     try:
         serve(config)
