@@ -10,6 +10,7 @@ before (the spell's memory was freed, but malloc kept it). With one arena it wen
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ QUIET_SHARE = 0.05
 INTERVAL_SECONDS = 5.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL("libc.so.6")

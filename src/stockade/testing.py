@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -215,20 +215,41 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> Non
 
 
 def _wait_healthy(daemon: Daemon, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         if daemon.process.poll() is not None:
             raise RuntimeError(
                 f"daemon exited with {daemon.process.returncode}:\n{daemon.output()}"
             )
         try:
             response = httpx.get(f"{daemon.url}/health", timeout=1.0, verify=False)  # noqa: S501
-            if response.status_code == 200:
-                return
         except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"daemon not healthy after {timeout} s:\n{daemon.output()}")
+            return False
+        return response.status_code == 200
+
+    if not wait_until(healthy, timeout=timeout):
+        raise TimeoutError(f"daemon not healthy after {timeout} s:\n{daemon.output()}")
+
+
+# Polling, for the facts that announce nothing: a process leaving /proc, a cgroup, mount
+# or file descriptor going away, a port starting to answer. Whatever has an event (an
+# exit, a message, a change on the event bus) is waited on through that event instead.
+
+
+def wait_until(check: Callable[[], object], *, timeout: float, every: float = 0.05) -> bool:
+    """Whether ``check()`` turns true within ``timeout`` seconds, looking every ``every``."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(every)
+    return True
+
+
+async def poll_until(check: Callable[[], Awaitable[object]], *, every: float = 0.02) -> None:
+    """Return once an async ``check`` is true, looking every ``every`` seconds; bound
+    it with ``anyio.fail_after``."""
+    while not await check():  # noqa: ASYNC110 - what it polls has no event to wait on
+        await anyio.sleep(every)
 
 
 async def sandbox_event(

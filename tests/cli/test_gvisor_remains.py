@@ -11,8 +11,8 @@ from pathlib import Path
 import psutil
 
 from stockade.sandbox.namespace import instance_name
-from stockade.testing import ADMIN_PASSWORD, daemon_process
-from tests.cli.test_sandbox_remains import RUN_DIR, cgroup_dirs, create, login, wait_until
+from stockade.testing import ADMIN_PASSWORD, daemon_process, wait_until
+from tests.cli.test_sandbox_remains import RUN_DIR, cgroup_dirs, create, login
 from tests.sandbox.test_gvisor import runsc_list
 
 GVISOR = {"isolation": {"runtime_class": "gvisor"}}
@@ -61,7 +61,7 @@ def test_nothing_of_gvisor_remains_after_destroy_kill_and_restart(tmp_path: Path
         first = create(client, **GVISOR)
         assert runsc_processes(root) != []
         assert client.delete(f"/api/v1/environments/{first}").status_code == 204
-        wait_until(lambda: remains(root, instance) == [], timeout=60)
+        assert wait_until(lambda: remains(root, instance) == [], timeout=60)
 
         survivors = [
             create(client, command=["sh", "-c", "while true; do sleep 1; done"], **GVISOR),
@@ -78,7 +78,7 @@ def test_nothing_of_gvisor_remains_after_destroy_kill_and_restart(tmp_path: Path
 
     # The restart's recovery ends and deletes what the crashed daemon left.
     with daemon_process(home, env=env) as daemon, login(daemon.url) as client:
-        wait_until(lambda: remains(root, instance) == [], timeout=60)
+        assert wait_until(lambda: remains(root, instance) == [], timeout=60)
         for env_id in survivors:
             body = client.get(f"/api/v1/environments/{env_id}").json()
             assert body["status"] == "failed", body

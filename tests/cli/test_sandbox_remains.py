@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -17,7 +15,7 @@ import psutil
 from stockade.sandbox.bwrap import Account
 from stockade.sandbox.cgroups import CgroupLayout
 from stockade.sandbox.namespace import instance_name
-from stockade.testing import ADMIN_PASSWORD, daemon_process
+from stockade.testing import ADMIN_PASSWORD, daemon_process, wait_until
 
 RUN_DIR = Path("/run/stockade")
 
@@ -67,13 +65,6 @@ def mounts(instance: str, *, pooled: bool = False) -> list[str]:
     return [p for p in points if p.startswith(prefix) and (pooled or not in_pool(p[:-3]))]
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the condition never held"
-        time.sleep(0.05)
-
-
 def create(client: httpx.Client, **extra: object) -> str:
     response = client.post("/api/v1/environments", json={"name": "remains", **extra})
     assert response.status_code == 201, response.text
@@ -100,12 +91,13 @@ def test_nothing_remains_after_destroy_kill_and_restart(tmp_path: Path) -> None:
         # Whether `first` came from the pool or not, what is left is the pool, refilled:
         # exactly POOL sandboxes, three processes each (bubblewrap's monitor and init,
         # and the agent), one cgroup and one storage mount each.
-        wait_until(
+        assert wait_until(
             lambda: (
                 len({p.name for p in cgroup_dirs(instance, pooled=True)}) == POOL
                 and len(mounts(instance, pooled=True)) == POOL
                 and len(sandbox_processes(instance, pooled=True)) == 3 * POOL
-            )
+            ),
+            timeout=15.0,
         )
         assert sandbox_processes(instance) == []
         assert cgroup_dirs(instance) == []

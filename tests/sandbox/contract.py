@@ -25,6 +25,7 @@ import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import anyio
 import pytest
 
 from stockade.errors import InvalidInput, NotFound, PermissionDenied
@@ -38,6 +39,7 @@ from stockade.sandbox.base import (
     SandboxSpec,
     collect,
 )
+from stockade.testing import poll_until
 
 MiB = 1 << 20
 # The longest any single step may take before the test gives up (not a measurement).
@@ -99,12 +101,11 @@ async def events_of(backend: SandboxBackend, sandbox_id: str, argv: list[str]) -
 
 async def wait_for(condition: Callable[[], Any], what: str, *, patience: float = 10.0) -> None:
     """Poll an async ``condition`` until it is true; fail after ``patience`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + patience
-    while not await condition():
-        if loop.time() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        await asyncio.sleep(0.02)
+    try:
+        with anyio.fail_after(patience):
+            await poll_until(condition)
+    except TimeoutError:
+        pytest.fail(f"gave up waiting for {what}")
 
 
 # Inside a sandbox: every live process as "pid comm", without ps (images may lack it).

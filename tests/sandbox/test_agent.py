@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import pytest
 from stockade.sandbox.bwrap import HOST_IMAGE_BINDS, Account, Profile, command
 from stockade.sandbox.native import agent_binary
 from stockade.sandbox.seccomp import bpf_program, program_fd
+from stockade.testing import wait_until
 
 HEADER = struct.Struct(">IBI")
 ENTRY = struct.Struct(">cIQqH")
@@ -196,16 +197,11 @@ def session_members(sid: int) -> list[int]:
     return members
 
 
-def eventually(check: object, timeout: float = 3.0) -> bool:
+def eventually(check: Callable[[], object]) -> bool:
     """For a state that has no event to wait on (a process changing session, a file
-    going away): look again, for at most ``timeout`` seconds. Process exits use
-    ``exits``, which waits on the kernel's own notice."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
+    going away): look again, for at most 3 s. Process exits use ``exits``, which waits
+    on the kernel's own notice."""
+    return wait_until(check, timeout=3.0, every=0.01)
 
 
 def exits(*pids: int, within: float = 3.0) -> bool:

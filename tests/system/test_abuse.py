@@ -14,7 +14,6 @@ import base64
 import os
 import resource
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -41,6 +40,7 @@ from stockade.testing import (
     bearer,
     daemon_process,
     make_settings,
+    wait_until,
 )
 from tests.principals import forged_jwt, login, make_user
 
@@ -435,9 +435,7 @@ def test_a_thousand_streams_are_capped_with_a_503_and_leave_nothing_behind(
 
     asyncio.run(scenario())
     # Once they are closed, the daemon gives back what they held.
-    deadline = time.monotonic() + 15
-    while fd_count(target.pid) > before + 5 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: fd_count(target.pid) <= before + 5, timeout=15)
     held = Counter(
         os.readlink(f"/proc/{target.pid}/fd/{fd}").split("[")[0]
         for fd in os.listdir(f"/proc/{target.pid}/fd")

@@ -34,8 +34,7 @@ import random
 import secrets
 import signal
 import sqlite3
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +49,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stockade.sandbox.cgroups import CgroupLayout
 from stockade.sandbox.namespace import instance_name
-from stockade.testing import ADMIN_PASSWORD, Daemon, daemon_process, old_files
+from stockade.testing import ADMIN_PASSWORD, Daemon, daemon_process, old_files, wait_until
 from tests.conftest import postgres_url
 
 ITERATIONS = int(os.environ.get("STOCKADE_PROOF_ITERATIONS", "10"))
@@ -167,15 +166,6 @@ def _mounts_now() -> frozenset[str]:
 def _mounts(instance: str) -> frozenset[str]:
     prefix = f"{RUN_DIR / instance}/"
     return frozenset(m for m in _mounts_now() if m.startswith(prefix))
-
-
-def wait_until(check: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 # The mix.
@@ -414,7 +404,8 @@ class Checker:
             return bool(self.client.get("/daemon/status").json()["active_runs"] == 0)
 
         self.tally.check(
-            wait_until(settled, SETTLE_SECONDS), "the restarted daemon's work never settled"
+            wait_until(settled, timeout=SETTLE_SECONDS, every=0.1),
+            "the restarted daemon's work never settled",
         )
 
     def everything(self, *, detail: bool) -> None:
@@ -574,7 +565,7 @@ class Checker:
             body = self.client.get(f"/api/v1/tasks/{task_id}").json()
             return body["status"] != "running" or body["pending_approval_id"] is not None
 
-        wait_until(paused, SETTLE_SECONDS)
+        wait_until(paused, timeout=SETTLE_SECONDS, every=0.1)
         body = self.client.get(f"/api/v1/tasks/{task_id}").json()
         self.tally.check(
             body["pending_approval_id"] is not None, f"task {task_id} never waited: {body}"
@@ -603,7 +594,7 @@ class Checker:
         def ended() -> bool:
             return bool(self.client.get(f"/api/v1/tasks/{task_id}").json()["status"] != "running")
 
-        wait_until(ended, SETTLE_SECONDS)
+        wait_until(ended, timeout=SETTLE_SECONDS, every=0.1)
         task = self.get(f"/api/v1/tasks/{task_id}")
         decision = "approved" if approved else "denied"
         steps = [s["decision"] for s in (task or {}).get("steps") or []]
@@ -688,7 +679,7 @@ def restarted(
     detail: bool,
 ) -> None:
     """The checks after a restart."""
-    gone = wait_until(lambda: not traces.still_there(), SETTLE_SECONDS)
+    gone = wait_until(lambda: not traces.still_there(), timeout=SETTLE_SECONDS, every=0.1)
     tally.check(gone, f"the killed daemon's sandboxes left {traces.still_there()}")
     checker = Checker(client, ledger, tally)
     checker.settle()

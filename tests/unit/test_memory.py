@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from stockade.memory import INTERVAL_SECONDS, Trimmer
+from stockade.testing import wait_until
 
 THREAD_HEAPS = """
 import sys, threading
@@ -113,10 +114,7 @@ def test_the_trimmer_thread_looks_every_interval_and_stops() -> None:
     clock.now += 1.0  # a busy first interval: 100 cores' worth
     watch.start()
     try:
-        deadline = 2000
-        while not trims and deadline:  # bounded: the thread looks every 10 ms
-            deadline -= 1
-            watch._stop.wait(0.005)
+        wait_until(lambda: trims, timeout=10, every=0.005)  # the thread looks every 10 ms
     finally:
         watch.stop()
     assert trims == [1]
