@@ -67,6 +67,30 @@ async def test_a_sandbox_whose_processes_all_die_is_failed(
     body = await status_after(stockade, admin_token, env_id, "sandbox.failed", events)
     assert body["status"] == "failed"
     assert "stopped unexpectedly" in str(body["status_reason"])
+
+
+async def test_a_stop_lets_a_failure_under_way_finish_and_be_recorded(
+    stockade: TestApp, admin_token: str
+) -> None:
+    """A sandbox lost just before the daemon stops: its clean-up (kill, reap, release)
+    was cancelled by the stop, which left its log file open and its row reading
+    `running`."""
+    env_id = (
+        await stockade.client.post(
+            "/api/v1/environments", json={"name": "doomed"}, headers=bearer(admin_token)
+        )
+    ).json()["id"]
+    killed = await stockade.client.post(
+        f"/api/v1/environments/{env_id}/exec",
+        json={"command": ["kill", "-9", "-1"]},
+        headers=bearer(admin_token),
+    )
+    assert killed.status_code == 409  # the sandbox is lost; its failure is under way
+    await stockade.services.sandboxes.stop()
+    record = await stockade.services.store.sandboxes.get(env_id)
+    assert record is not None
+    assert record.status == "failed"
+    assert "stopped unexpectedly" in str(record.status_reason)
     late = await stockade.client.post(
         f"/api/v1/environments/{env_id}/exec",
         json={"command": ["true"]},

@@ -299,10 +299,13 @@ class SandboxService:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for task in list(self._tasks):
-            task.cancel()
-        if self._ending:  # deletes already answered: let them finish and be recorded
-            await asyncio.wait(list(self._ending.values()), timeout=DELETE_GRACE + 5)
+        # Failures and deletes already under way: let them finish and be recorded.
+        # (Cancelled, a failure's tear-down stopped between forgetting its sandbox and
+        # releasing it, so neither it nor the close below released its descriptors, and
+        # its row kept reading `running`.)
+        under_way = [*self._tasks, *self._ending.values()]
+        if under_way:
+            await asyncio.wait(under_way, timeout=DELETE_GRACE + 5)
         ids = list(self._live)
         for name in self._prepared:
             await self._backends[name].close()
