@@ -26,6 +26,24 @@ async def status_after(
     return body
 
 
+async def kill_everything_in_a_sandbox(app: TestApp, token: str) -> tuple[str, httpx.Response]:
+    """A new sandbox, and the answer to a ``kill -9 -1`` in it. Everything in the sandbox,
+    the agent included, runs as the sandbox's user, so the sandbox is lost."""
+    env_id = str(
+        (
+            await app.client.post(
+                "/api/v1/environments", json={"name": "doomed"}, headers=bearer(token)
+            )
+        ).json()["id"]
+    )
+    killed = await app.client.post(
+        f"/api/v1/environments/{env_id}/exec",
+        json={"command": ["kill", "-9", "-1"]},
+        headers=bearer(token),
+    )
+    return env_id, killed
+
+
 @pytest.fixture
 def events(stockade: TestApp) -> Iterator[Subscription]:
     """Sandbox events, subscribed before the test acts."""
@@ -51,17 +69,7 @@ async def test_the_reaper_ends_a_sandbox_whose_timeout_passed(
 async def test_a_sandbox_whose_processes_all_die_is_failed(
     stockade: TestApp, admin_token: str, events: Subscription
 ) -> None:
-    env_id = (
-        await stockade.client.post(
-            "/api/v1/environments", json={"name": "doomed"}, headers=bearer(admin_token)
-        )
-    ).json()["id"]
-    # Everything in the sandbox, the agent included, runs as the sandbox's user.
-    killed = await stockade.client.post(
-        f"/api/v1/environments/{env_id}/exec",
-        json={"command": ["kill", "-9", "-1"]},
-        headers=bearer(admin_token),
-    )
+    env_id, killed = await kill_everything_in_a_sandbox(stockade, admin_token)
     assert_problem(killed, 409, error="conflict")
     assert "stopped during the command" in killed.json()["detail"]
     body = await status_after(stockade, admin_token, env_id, "sandbox.failed", events)
@@ -75,16 +83,7 @@ async def test_a_stop_lets_a_failure_under_way_finish_and_be_recorded(
     """A sandbox lost just before the daemon stops: its clean-up (kill, reap, release)
     was cancelled by the stop, which left its log file open and its row reading
     `running`."""
-    env_id = (
-        await stockade.client.post(
-            "/api/v1/environments", json={"name": "doomed"}, headers=bearer(admin_token)
-        )
-    ).json()["id"]
-    killed = await stockade.client.post(
-        f"/api/v1/environments/{env_id}/exec",
-        json={"command": ["kill", "-9", "-1"]},
-        headers=bearer(admin_token),
-    )
+    env_id, killed = await kill_everything_in_a_sandbox(stockade, admin_token)
     assert killed.status_code == 409  # the sandbox is lost; its failure is under way
     await stockade.services.sandboxes.stop()
     record = await stockade.services.store.sandboxes.get(env_id)
